@@ -1,0 +1,77 @@
+//! Request headers pylon reads and sets: Host, forwarded headers, request ID, size limits.
+
+use std::fmt::Write as _;
+
+use pingora::http::RequestHeader;
+
+use crate::routing::host::{MAX_HOST_LEN, normalize_request_host};
+
+pub(super) const X_REQUEST_ID: &str = "x-request-id";
+pub(super) const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub(super) const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub(super) const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub(super) const X_FORWARDED_PORT: &str = "x-forwarded-port";
+pub(super) const X_REAL_IP: &str = "x-real-ip";
+
+/// The raw authority of a request: `:authority` (HTTP/2, absolute-form) or `Host`.
+pub(super) fn authority(req: &RequestHeader) -> Option<&[u8]> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers.get(http::header::HOST).map(|h| h.as_bytes()))
+        .filter(|a| !a.is_empty())
+}
+
+/// The normalised host to route by, in `buf`.
+pub(super) fn routing_host<'b>(req: &RequestHeader, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
+    authority(req).and_then(|raw| normalize_request_host(raw, buf))
+}
+
+/// Size of the request line and header fields as sent in HTTP/1.1.
+pub(super) fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + fields
+}
+
+/// An incoming request ID is kept when it is short, visible ASCII; otherwise a new one is made.
+pub(super) fn usable_request_id(value: &[u8]) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// 32 random hex digits, like nginx's `$request_id`.
+pub(super) fn new_request_id() -> String {
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", fastrand::u128(..));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, new_request_id());
+        assert!(usable_request_id(b"abc-123"));
+        assert!(!usable_request_id(b"has space"));
+        assert!(!usable_request_id(&[b'a'; 200]));
+    }
+
+    #[test]
+    fn host_comes_from_authority_or_host_header() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.insert_header("host", "Example.COM:8080").unwrap();
+        let mut buf = [0; MAX_HOST_LEN];
+        assert_eq!(routing_host(&req, &mut buf), Some("example.com"));
+        let req = RequestHeader::build("GET", b"https://a.example.com/x", None).unwrap();
+        let mut buf = [0; MAX_HOST_LEN];
+        assert_eq!(routing_host(&req, &mut buf), Some("a.example.com"));
+    }
+}

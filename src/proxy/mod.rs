@@ -1,0 +1,421 @@
+//! The data plane: pingora's `ProxyHttp` phases, kept thin. Each request loads its route from
+//! the current snapshot once (an `ArcSwap` load and hash lookups) and never waits on the
+//! control plane.
+
+mod headers;
+mod respond;
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use self::headers::*;
+use crate::access_log::{self, AccessLog};
+use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
+use crate::routing::Route;
+use crate::routing::host::MAX_HOST_LEN;
+use crate::snapshot::Published;
+use crate::tls::ConnectionInfo;
+
+/// Path prefix of ACME HTTP-01 challenges; never redirected to HTTPS.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Requests currently being processed, for the shutdown drain.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Held by a request's context while it is processed.
+#[derive(Debug)]
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(counter: &Arc<InFlight>) -> Self {
+        counter.0.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    _in_flight: InFlightGuard,
+    route: Option<Arc<Route>>,
+    tls: bool,
+    request_id: Option<String>,
+    tried: Vec<SocketAddr>,
+    upstream_start: Option<Instant>,
+    upstream_duration: Option<Duration>,
+    upstream_status: Option<u16>,
+    body_limit: u64,
+    body_bytes: u64,
+    /// Keeps a plain-HTTP connection counted as open across keep-alive requests.
+    connection: Option<Arc<crate::tls::OpenConnectionGuard>>,
+}
+
+/// pylon's proxy logic.
+pub struct Proxy {
+    published: Published,
+    metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
+    config: ProxyConfig,
+    https_port: u16,
+    in_flight: Arc<InFlight>,
+}
+
+impl Proxy {
+    pub fn new(
+        published: Published,
+        metrics: Arc<Metrics>,
+        access_log: Arc<AccessLog>,
+        config: ProxyConfig,
+        https_port: u16,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
+        Self {
+            published,
+            metrics,
+            access_log,
+            config,
+            https_port,
+            in_flight,
+        }
+    }
+
+    fn redirect_location(&self, req: &RequestHeader) -> Option<String> {
+        let mut buf = [0; MAX_HOST_LEN];
+        let host = routing_host(req, &mut buf)?;
+        let path = req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        Some(if self.https_port == 443 {
+            format!("https://{host}{path}")
+        } else {
+            format!("https://{host}:{}{path}", self.https_port)
+        })
+    }
+}
+
+fn tls_info(digest: Option<&Digest>) -> Option<&ConnectionInfo> {
+    digest?.ssl_digest.as_ref()?.extension.get::<ConnectionInfo>()
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            _in_flight: InFlightGuard::new(&self.in_flight),
+            route: None,
+            tls: false,
+            request_id: None,
+            tried: Vec::new(),
+            upstream_start: None,
+            upstream_duration: None,
+            upstream_status: None,
+            body_limit: self.config.max_request_body_bytes,
+            body_bytes: 0,
+            connection: None,
+        }
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // No response compression: pylon passes bodies through untouched.
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        if !ctx.tls && ctx.connection.is_none() {
+            ctx.connection = Some(Arc::new(crate::tls::OpenConnectionGuard::new(
+                &self.metrics.open_connections,
+            )));
+        }
+        if !session.is_process_shutting_down() {
+            session.set_keepalive(Some(self.config.client_keepalive_timeout.as_secs()));
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        if head_size(req) > self.config.max_request_header_bytes {
+            respond::text(session, 431, "request header fields too large", None).await?;
+            return Ok(true);
+        }
+        ctx.request_id = Some(match req.headers.get(X_REQUEST_ID) {
+            Some(v) if usable_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => new_request_id(),
+        });
+
+        let route = {
+            let mut buf = [0; MAX_HOST_LEN];
+            let host = routing_host(req, &mut buf);
+            let snapshot = self.published.load();
+            snapshot.routes.find(host, req.uri.path()).cloned()
+        };
+        let Some(route) = route else {
+            respond::text(session, 404, "404 not found: no route for this host and path", None).await?;
+            return Ok(true);
+        };
+        let policy = &route.policy;
+        ctx.route = Some(route.clone());
+
+        if !ctx.tls
+            && policy.redirect_https
+            && !session.req_header().uri.path().starts_with(ACME_CHALLENGE_PREFIX)
+        {
+            if let Some(location) = self.redirect_location(session.req_header()) {
+                respond::text(session, 308, "308 permanent redirect to HTTPS", Some(&location)).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(why) = route.backend.why_unavailable() {
+            let body = format!("503 service unavailable: {} ({})", why.message(), route.backend.id);
+            respond::text(session, 503, &body, None).await?;
+            return Ok(true);
+        }
+
+        ctx.body_limit = policy.max_request_body.unwrap_or(self.config.max_request_body_bytes);
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if ctx.body_limit > 0 && declared.is_some_and(|n| n > ctx.body_limit) {
+            respond::text(session, 413, "413 request body too large", None).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_limit > 0 && ctx.body_bytes > ctx.body_limit {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body larger than the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = &ctx.route else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let Some(addr) = route.backend.pick(&ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("no untried endpoint left for {}", route.backend.id),
+            );
+        };
+        ctx.tried.push(addr);
+        let policy = &route.policy;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(policy.connect_timeout.unwrap_or(self.config.connect_timeout));
+        options.read_timeout = Some(policy.read_timeout.unwrap_or(self.config.read_timeout));
+        options.write_timeout = Some(policy.write_timeout.unwrap_or(self.config.write_timeout));
+        options.idle_timeout = Some(self.config.upstream_idle_timeout);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        self.metrics.upstream_connect_failures.inc();
+        let untried = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.backend.endpoints().len() > ctx.tried.len());
+        e.set_retry(untried && ctx.tried.len() <= self.config.connect_retries);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        if let Some(ip) = client_ip {
+            upstream.insert_header(X_FORWARDED_FOR, &ip)?;
+            upstream.insert_header(X_REAL_IP, &ip)?;
+        } else {
+            upstream.remove_header(X_FORWARDED_FOR);
+            upstream.remove_header(X_REAL_IP);
+        }
+        upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
+        match authority(session.req_header()).map(<[u8]>::to_vec) {
+            Some(host) => {
+                upstream.insert_header(X_FORWARDED_HOST, host.as_slice())?;
+                if upstream.headers.get(http::header::HOST).is_none() {
+                    upstream.insert_header(http::header::HOST, host)?;
+                }
+            }
+            None => {
+                upstream.remove_header(X_FORWARDED_HOST);
+            }
+        }
+        if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
+            upstream.insert_header(X_FORWARDED_PORT, port.to_string())?;
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream.insert_header(X_REQUEST_ID, id.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream.status.as_u16());
+        if let Some(start) = ctx.upstream_start {
+            let elapsed = start.elapsed();
+            ctx.upstream_duration = Some(elapsed);
+            self.metrics.upstream_duration.observe(elapsed.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let code = match e.etype() {
+            HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => match e.etype() {
+                    ConnectTimedout | ReadTimedout | WriteTimedout => 504,
+                    _ => 502,
+                },
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    ReadTimedout | WriteTimedout => 408,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                    ConnectNoRoute | ConnectRefused | ConnectTimedout | ConnectError => 502,
+                    _ => 500,
+                },
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let body = match code {
+                413 => "413 request body too large",
+                502 => "502 bad gateway: the upstream could not be reached",
+                504 => "504 gateway timeout: the upstream did not answer in time",
+                408 => "408 request timeout",
+                400 => "400 bad request",
+                _ => "error",
+            };
+            let _ = respond::text(session, code, body, None).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn persist_connection_context(&self, _session: &Session, ctx: &Ctx) -> Option<Box<dyn Any + Send + Sync>> {
+        ctx.connection
+            .clone()
+            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
+    }
+
+    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut Ctx, previous: Box<dyn Any + Send + Sync>) {
+        if let Ok(connection) = previous.downcast::<Arc<crate::tls::OpenConnectionGuard>>() {
+            ctx.connection = Some(*connection);
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // Clients going away mid-request are normal; they are visible in the access log.
+        matches!(error.esource(), ErrorSource::Downstream)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let elapsed = ctx.start.elapsed();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        let bytes_out = session.body_bytes_sent() as u64;
+        let bytes_in = session.body_bytes_read() as u64;
+        let counters = ctx.route.as_ref().map_or(&self.metrics.unrouted, |r| &r.counters);
+        counters.record(&req.method, status, bytes_in, bytes_out);
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+
+        if !self.access_log.enabled() {
+            return;
+        }
+        let mut buf = [0; MAX_HOST_LEN];
+        let host = routing_host(req, &mut buf);
+        let tls = tls_info(session.digest());
+        let alpn = match (ctx.tls, session.is_http2()) {
+            (false, _) => None,
+            (true, true) => Some("h2"),
+            (true, false) => Some("http/1.1"),
+        };
+        let entry = access_log::Entry {
+            time: access_log::now_rfc3339(),
+            client: session.client_addr().map(ToString::to_string),
+            method: req.method.as_str(),
+            host,
+            path: req.uri.path(),
+            status: if status == 0 { 499 } else { status },
+            bytes_in,
+            bytes_out,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_addr: ctx.tried.last().map(ToString::to_string),
+            upstream_status: ctx.upstream_status,
+            upstream_duration_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+            ingress: ctx.route.as_ref().map(|r| r.ingress.to_string()),
+            service: ctx.route.as_ref().map(|r| r.backend.id.to_string()),
+            request_id: ctx.request_id.as_deref(),
+            tls_version: tls.map(|t| t.version),
+            alpn,
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        };
+        self.access_log.write(&entry);
+    }
+}

@@ -1,0 +1,262 @@
+//! Wiring: the pingora server with its three services (proxy, admin, control), the SIGTERM
+//! sequence and the drain.
+//!
+//! Shutdown: on SIGTERM `/readyz` fails at once while traffic is still served for
+//! `shutdown.delay` (load balancers take the replica out first); then the listeners close and
+//! in-flight requests get up to `shutdown.drain-timeout` to finish; pylon exits as soon as none is
+//! left. pingora's own 300 s grace period never applies.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::access_log::AccessLog;
+use crate::admin::{AdminApp, Health};
+use crate::config::Config;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::proxy::{InFlight, Proxy};
+use crate::snapshot::Published;
+use crate::source::World;
+use crate::source::files::FilesSource;
+use crate::tls::{HandshakeCallbacks, SniResolver};
+use crate::translate::Settings;
+
+/// The name in pylon's self-signed default certificate.
+pub const DEFAULT_CERT_NAME: &str = "pylon-default.invalid";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("manifest directory {0} does not exist or is not a directory")]
+    ManifestDir(PathBuf),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot generate the default certificate: {0}")]
+    DefaultCertificate(#[from] crate::tls::Error),
+}
+
+/// Reads the manifests once and publishes the first snapshot, then serves until SIGTERM.
+pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Result<(), Error> {
+    for dir in &config.manifests.dirs {
+        if !dir.is_dir() {
+            return Err(Error::ManifestDir(dir.clone()));
+        }
+    }
+    let state_dir = &config.manifests.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    for (listener, addr) in [
+        ("http", config.listen.http),
+        ("https", config.listen.https),
+        ("admin", config.listen.admin),
+    ] {
+        // Fail with a clear message now rather than inside pingora's listener setup.
+        TcpListener::bind(addr).map_err(|source| Error::Bind { listener, addr, source })?;
+    }
+
+    let health = Arc::new(Health::default());
+    let in_flight = Arc::new(InFlight::default());
+    let access_log = AccessLog::start(config.log.access_log, metrics.access_log_dropped.clone());
+
+    let mut dirs = config.manifests.dirs.clone();
+    dirs.push(state_dir.clone());
+    let mut source = FilesSource::new(dirs);
+    source.refresh();
+    let settings = Settings::new(&config.ingress, crate::tls::self_signed(DEFAULT_CERT_NAME)?);
+    let mut control = Control::new(settings, published.clone(), metrics.clone(), health.clone());
+    let world = Arc::new(source.world());
+    control.apply(&world);
+
+    let mut conf = ServerConf::default();
+    conf.threads = config.proxy.threads;
+    conf.work_stealing = true;
+    conf.upstream_keepalive_pool_size = config.proxy.upstream_keepalive_pool_size;
+    conf.max_retries = config.proxy.connect_retries + 1;
+    // The drain is pylon's: the grace period is its upper bound, ended early when idle.
+    conf.grace_period_seconds = Some(config.shutdown.drain_timeout.as_secs().max(1));
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let conf = server.configuration.clone();
+
+    let proxy = Proxy::new(
+        published.clone(),
+        metrics.clone(),
+        access_log.clone(),
+        config.proxy.clone(),
+        config.ingress.https_redirect_port,
+        in_flight.clone(),
+    );
+    let mut options = HttpServerOptions::default();
+    options.h2c = false;
+    let mut proxy_service = ProxyServiceBuilder::new(&conf, proxy)
+        .name("pylon proxy")
+        .server_options(options)
+        .build();
+    proxy_service.add_tcp(&config.listen.http.to_string());
+    let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
+        .expect("TLS settings without files cannot fail");
+    tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
+    tls.enable_h2();
+    proxy_service.add_tls_with_settings(&config.listen.https.to_string(), None, tls);
+    server.add_service(proxy_service);
+
+    let mut admin = Service::new("pylon admin".into(), AdminApp::new(metrics.clone(), health.clone()));
+    admin.threads = Some(1);
+    admin.add_tcp(&config.listen.admin.to_string());
+    server.add_service(admin);
+
+    let (worlds_tx, worlds_rx) = watch::channel(world);
+    server.add_service(background_service(
+        "control",
+        ControlTask(Mutex::new(Some(ControlParts {
+            source,
+            control,
+            worlds_tx,
+            worlds_rx,
+            debounce: config.manifests.debounce,
+            rescan_interval: config.manifests.rescan_interval,
+        }))),
+    ));
+
+    spawn_drain_watch(
+        server.watch_execution_phase(),
+        in_flight,
+        access_log.clone(),
+        config.shutdown.drain_timeout,
+    );
+    info!(
+        http = %config.listen.http,
+        https = %config.listen.https,
+        admin = %config.listen.admin,
+        threads = config.proxy.threads,
+        "pylon serving"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            health,
+            delay: config.shutdown.delay,
+        }),
+    });
+    access_log.flush(Duration::from_secs(2));
+    info!("pylon stopped");
+    Ok(())
+}
+
+struct ControlParts {
+    source: FilesSource,
+    control: Control,
+    worlds_tx: watch::Sender<Arc<World>>,
+    worlds_rx: watch::Receiver<Arc<World>>,
+    debounce: Duration,
+    rescan_interval: Duration,
+}
+
+/// The source and the control loop, on their own runtime.
+struct ControlTask(Mutex<Option<ControlParts>>);
+
+#[async_trait]
+impl BackgroundService for ControlTask {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let parts = self.0.lock().ok().and_then(|mut p| p.take());
+        let Some(p) = parts else { return };
+        let watch_source = p
+            .source
+            .run(p.worlds_tx, p.debounce, p.rescan_interval, shutdown.clone());
+        tokio::join!(watch_source, p.control.run(p.worlds_rx, shutdown));
+    }
+}
+
+/// SIGTERM: fail readiness, keep serving for `delay`, then let pingora close the listeners.
+/// SIGINT: stop at once. A second signal during the delay cuts it short.
+struct Signals {
+    health: Arc<Health>,
+    delay: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            warn!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {
+                info!("SIGINT: stopping now");
+                self.health.mark_shutting_down();
+                return ShutdownSignal::FastShutdown;
+            }
+        }
+        self.health.mark_shutting_down();
+        info!(delay = ?self.delay, "SIGTERM: readiness off, still serving during the shutdown delay");
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => {}
+            _ = term.recv() => info!("second SIGTERM: delay cut short"),
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+        }
+        info!("closing listeners and draining in-flight requests");
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Once the listeners are closed, exits as soon as no request is in flight (pingora would
+/// otherwise sleep out the whole grace period).
+fn spawn_drain_watch(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    in_flight: Arc<InFlight>,
+    access_log: Arc<AccessLog>,
+    drain_timeout: Duration,
+) {
+    let spawned = std::thread::Builder::new().name("drain-watch".into()).spawn(move || {
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+        let deadline = Instant::now() + drain_timeout;
+        while in_flight.count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = in_flight.count();
+        if left == 0 {
+            info!("drained: no request in flight, exiting");
+        } else {
+            warn!(requests = left, "drain timeout reached with requests in flight, exiting");
+        }
+        access_log.flush(Duration::from_secs(2));
+        std::process::exit(0);
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the drain watcher; shutdown waits for the whole drain timeout");
+    }
+}
