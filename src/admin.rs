@@ -43,12 +43,14 @@ impl AdminApp {
 
 fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
     let mut r = http::Response::new(body);
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = r.body().len();
-    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     r
 }
 
@@ -57,7 +59,11 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         const TEXT: &str = "text/plain; charset=utf-8";
         match session.req_header().uri.path() {
-            "/metrics" => response(200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()),
+            "/metrics" => response(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
             "/healthz" => response(200, TEXT, b"ok\n".to_vec()),
             "/readyz" if self.health.is_ready() => response(200, TEXT, b"ready\n".to_vec()),
             "/readyz" => response(503, TEXT, b"not ready\n".to_vec()),

@@ -36,10 +36,26 @@ pub fn check(config: &Config) -> Result<Report, Error> {
     }
     let mut source = FilesSource::new(dirs);
     source.refresh();
-    let settings = Settings::new(&config.ingress, crate::tls::self_signed(crate::server::DEFAULT_CERT_NAME)?);
+    let settings = Settings::new(
+        &config.ingress,
+        crate::tls::self_signed(crate::server::DEFAULT_CERT_NAME)?,
+    );
     let translation = translate(&source.world(), &settings, &Snapshot::default());
     let mut text = String::new();
     describe(&translation.snapshot, &mut text);
+    if !translation.ignored.is_empty() {
+        let _ = writeln!(
+            text,
+            "\n{} Ingress(es) left to other controllers:",
+            translation.ignored.len()
+        );
+        for (key, class) in &translation.ignored {
+            let class = class
+                .as_deref()
+                .map_or("no class".to_owned(), |c| format!("class {c:?}"));
+            let _ = writeln!(text, "  {key} ({class})");
+        }
+    }
     if translation.problems.is_empty() {
         text.push_str("\nno problems\n");
     } else {
@@ -60,7 +76,11 @@ fn describe(snapshot: &Snapshot, out: &mut String) {
         out.push_str("no routes\n");
         return;
     }
-    let _ = writeln!(out, "{:<32} {:<28} {:<36} {:<24} {}", "HOST", "PATH", "BACKEND", "INGRESS", "POLICY");
+    let _ = writeln!(
+        out,
+        "{:<32} {:<28} {:<36} {:<24} {}",
+        "HOST", "PATH", "BACKEND", "INGRESS", "POLICY"
+    );
     let mut row = |host: &str, path: String, route: &crate::routing::Route| {
         let mut policy = Vec::new();
         if route.policy.redirect_https {

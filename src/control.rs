@@ -24,7 +24,12 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(settings: Settings, published: Published, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+    pub fn new(
+        settings: Settings,
+        published: Published,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             settings,
             published,
@@ -43,10 +48,18 @@ impl Control {
 
         let current: BTreeSet<Problem> = translation.problems.iter().cloned().collect();
         for problem in current.difference(&self.reported) {
-            let (kind, ns, name) = (problem.subject.kind, &problem.subject.namespace, &problem.subject.name);
+            let (kind, ns, name) = (
+                problem.subject.kind,
+                &problem.subject.namespace,
+                &problem.subject.name,
+            );
             match problem.severity {
-                Severity::Error => error!(kind, namespace = %ns, name = %name, reason = problem.reason, "{}", problem.message),
-                Severity::Warning => warn!(kind, namespace = %ns, name = %name, reason = problem.reason, "{}", problem.message),
+                Severity::Error => {
+                    error!(kind, namespace = %ns, name = %name, reason = problem.reason, "{}", problem.message)
+                }
+                Severity::Warning => {
+                    warn!(kind, namespace = %ns, name = %name, reason = problem.reason, "{}", problem.message)
+                }
             }
             self.metrics
                 .rejections
@@ -94,7 +107,11 @@ impl Control {
     }
 
     /// Applies every new world until the source stops or shutdown begins.
-    pub async fn run(mut self, mut worlds: watch::Receiver<Arc<World>>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut worlds: watch::Receiver<Arc<World>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 changed = worlds.changed() => {

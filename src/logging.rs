@@ -43,7 +43,9 @@ enum Kind {
 }
 
 fn classify(message: &str) -> Kind {
-    if message.starts_with("Downstream handshake error") || message.starts_with("Downstream handshake timeout") {
+    if message.starts_with("Downstream handshake error")
+        || message.starts_with("Downstream handshake timeout")
+    {
         Kind::HandshakeFailure
     } else if message.starts_with("H2 handshake error")
         || message.contains("Downstream ConnectionClosed")
@@ -81,7 +83,9 @@ impl log::Log for PingoraLog {
             Kind::ClientNoise => tracing::debug!(target: "pingora", source = target, "{message}"),
             Kind::RequestFailure => tracing::warn!(target: "pingora", source = target, "{message}"),
             Kind::Other => match record.level() {
-                log::Level::Error => tracing::error!(target: "pingora", source = target, "{message}"),
+                log::Level::Error => {
+                    tracing::error!(target: "pingora", source = target, "{message}")
+                }
                 log::Level::Warn => tracing::warn!(target: "pingora", source = target, "{message}"),
                 _ => tracing::debug!(target: "pingora", source = target, "{message}"),
             },
@@ -101,8 +105,14 @@ mod tests {
             classify("Downstream handshake error from 127.0.0.1:5555: TLSHandshakeFailure"),
             Kind::HandshakeFailure
         );
-        assert_eq!(classify("H2 handshake error Connection reset"), Kind::ClientNoise);
-        assert_eq!(classify("Fail to proxy: Upstream ConnectRefused"), Kind::RequestFailure);
+        assert_eq!(
+            classify("H2 handshake error Connection reset"),
+            Kind::ClientNoise
+        );
+        assert_eq!(
+            classify("Fail to proxy: Upstream ConnectRefused"),
+            Kind::RequestFailure
+        );
         assert_eq!(classify("Server starting"), Kind::Other);
     }
 }

@@ -137,8 +137,10 @@ impl Metrics {
             c
         };
         let histogram = |name: &str, help: &str| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
-                .expect("valid metric");
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric");
             reg(Box::new(h.clone()));
             h
         };
@@ -221,7 +223,10 @@ impl Metrics {
             ),
             problems,
             routes: gauge("pylon_routes", "Routes (host and path) in service"),
-            backends: gauge("pylon_backends", "Distinct backends (Service ports) referenced by routes"),
+            backends: gauge(
+                "pylon_backends",
+                "Distinct backends (Service ports) referenced by routes",
+            ),
             endpoints: gauge("pylon_endpoints", "Ready endpoints across all backends"),
             certificates: gauge("pylon_certificates", "Certificates in the SNI index"),
             access_log_dropped: counter(
@@ -268,11 +273,19 @@ const ROUTE_LABELS: [&str; 3] = ["namespace", "ingress", "service"];
 impl RouteCounters {
     fn descs() -> Vec<Desc> {
         let desc = |name: &str, help: &str, extra: &[&str]| {
-            let labels = ROUTE_LABELS.iter().chain(extra).map(|s| s.to_string()).collect();
+            let labels = ROUTE_LABELS
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
             Desc::new(name.into(), help.into(), labels, Default::default()).expect("valid metric")
         };
         vec![
-            desc(REQUESTS, "Requests by route, method and status class", &["method", "status"]),
+            desc(
+                REQUESTS,
+                "Requests by route, method and status class",
+                &["method", "status"],
+            ),
             desc(REQUEST_BYTES, "Request body bytes received, by route", &[]),
             desc(RESPONSE_BYTES, "Response body bytes sent, by route", &[]),
         ]
@@ -289,10 +302,14 @@ impl Collector for RouteCounters {
         labels.extend(["method", "status"]);
         let requests = IntCounterVec::new(Opts::new(REQUESTS, &self.descs[0].help), &labels)
             .expect("valid metric");
-        let bytes_in = IntCounterVec::new(Opts::new(REQUEST_BYTES, &self.descs[1].help), &ROUTE_LABELS)
-            .expect("valid metric");
-        let bytes_out = IntCounterVec::new(Opts::new(RESPONSE_BYTES, &self.descs[2].help), &ROUTE_LABELS)
-            .expect("valid metric");
+        let bytes_in =
+            IntCounterVec::new(Opts::new(REQUEST_BYTES, &self.descs[1].help), &ROUTE_LABELS)
+                .expect("valid metric");
+        let bytes_out = IntCounterVec::new(
+            Opts::new(RESPONSE_BYTES, &self.descs[2].help),
+            &ROUTE_LABELS,
+        )
+        .expect("valid metric");
         let snapshot = self.published.load();
         let unrouted_key = CounterKey {
             namespace: "".into(),
@@ -338,14 +355,18 @@ mod tests {
         let published = Published::default();
         let metrics = Metrics::new(published);
         metrics.unrouted.record(&http::Method::GET, 404, 0, 9);
-        metrics.unrouted.record(&http::Method::from_bytes(b"BREW").unwrap(), 0, 3, 0);
+        metrics
+            .unrouted
+            .record(&http::Method::from_bytes(b"BREW").unwrap(), 0, 3, 0);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(
             text.contains(r#"pylon_requests_total{ingress="",method="GET",namespace="",service="",status="4xx"} 1"#),
             "{text}"
         );
         assert!(text.contains(r#"method="OTHER""#), "{text}");
-        assert!(text.contains(r#"pylon_response_bytes_total{ingress="",namespace="",service=""} 9"#));
+        assert!(
+            text.contains(r#"pylon_response_bytes_total{ingress="",namespace="",service=""} 9"#)
+        );
         assert!(text.contains("pylon_build_info"));
     }
 }

@@ -16,7 +16,9 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::server::{
+    ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
@@ -76,7 +78,11 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         ("admin", config.listen.admin),
     ] {
         // Fail with a clear message now rather than inside pingora's listener setup.
-        TcpListener::bind(addr).map_err(|source| Error::Bind { listener, addr, source })?;
+        TcpListener::bind(addr).map_err(|source| Error::Bind {
+            listener,
+            addr,
+            source,
+        })?;
     }
 
     let health = Arc::new(Health::default());
@@ -125,7 +131,10 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     proxy_service.add_tls_with_settings(&config.listen.https.to_string(), None, tls);
     server.add_service(proxy_service);
 
-    let mut admin = Service::new("pylon admin".into(), AdminApp::new(metrics.clone(), health.clone()));
+    let mut admin = Service::new(
+        "pylon admin".into(),
+        AdminApp::new(metrics.clone(), health.clone()),
+    );
     admin.threads = Some(1);
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
@@ -184,9 +193,9 @@ impl BackgroundService for ControlTask {
     async fn start(&self, shutdown: ShutdownWatch) {
         let parts = self.0.lock().ok().and_then(|mut p| p.take());
         let Some(p) = parts else { return };
-        let watch_source = p
-            .source
-            .run(p.worlds_tx, p.debounce, p.rescan_interval, shutdown.clone());
+        let watch_source =
+            p.source
+                .run(p.worlds_tx, p.debounce, p.rescan_interval, shutdown.clone());
         tokio::join!(watch_source, p.control.run(p.worlds_rx, shutdown));
     }
 }
@@ -202,8 +211,10 @@ struct Signals {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             warn!("cannot install signal handlers");
             return std::future::pending().await;
         };
@@ -235,27 +246,32 @@ fn spawn_drain_watch(
     access_log: Arc<AccessLog>,
     drain_timeout: Duration,
 ) {
-    let spawned = std::thread::Builder::new().name("drain-watch".into()).spawn(move || {
-        loop {
-            match phases.blocking_recv() {
-                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
+    let spawned = std::thread::Builder::new()
+        .name("drain-watch".into())
+        .spawn(move || {
+            loop {
+                match phases.blocking_recv() {
+                    Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                }
             }
-        }
-        let deadline = Instant::now() + drain_timeout;
-        while in_flight.count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let left = in_flight.count();
-        if left == 0 {
-            info!("drained: no request in flight, exiting");
-        } else {
-            warn!(requests = left, "drain timeout reached with requests in flight, exiting");
-        }
-        access_log.flush(Duration::from_secs(2));
-        std::process::exit(0);
-    });
+            let deadline = Instant::now() + drain_timeout;
+            while in_flight.count() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let left = in_flight.count();
+            if left == 0 {
+                info!("drained: no request in flight, exiting");
+            } else {
+                warn!(
+                    requests = left,
+                    "drain timeout reached with requests in flight, exiting"
+                );
+            }
+            access_log.flush(Duration::from_secs(2));
+            std::process::exit(0);
+        });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start the drain watcher; shutdown waits for the whole drain timeout");
     }

@@ -130,7 +130,9 @@ impl Check {
                 field,
                 format!("{raw:?} is not an address like 127.0.0.1:8080 or [::]:443"),
             );
-            default.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+            default
+                .parse()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
         })
     }
 
@@ -139,13 +141,21 @@ impl Check {
         match humantime::parse_duration(raw) {
             Ok(d) => d,
             Err(e) => {
-                self.fail(field, format!("{raw:?} is not a duration like 5s or 200ms: {e}"));
+                self.fail(
+                    field,
+                    format!("{raw:?} is not a duration like 5s or 200ms: {e}"),
+                );
                 default
             }
         }
     }
 
-    fn positive_duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
+    fn positive_duration(
+        &mut self,
+        field: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         let d = self.duration(field, value, default);
         if d.is_zero() {
             self.fail(field, "must be greater than zero");
@@ -154,7 +164,13 @@ impl Check {
         d
     }
 
-    fn count(&mut self, field: &str, value: Option<i64>, default: usize, range: (usize, usize)) -> usize {
+    fn count(
+        &mut self,
+        field: &str,
+        value: Option<i64>,
+        default: usize,
+        range: (usize, usize),
+    ) -> usize {
         let Some(v) = value else { return default };
         match usize::try_from(v) {
             Ok(v) if v >= range.0 && v <= range.1 => v,
@@ -172,17 +188,26 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
     let listen = Listen {
         http: c.addr(
             "listen.http",
-            overrides.http_listen.as_deref().or(file.listen.http.as_deref()),
+            overrides
+                .http_listen
+                .as_deref()
+                .or(file.listen.http.as_deref()),
             DEFAULT_HTTP_LISTEN,
         ),
         https: c.addr(
             "listen.https",
-            overrides.https_listen.as_deref().or(file.listen.https.as_deref()),
+            overrides
+                .https_listen
+                .as_deref()
+                .or(file.listen.https.as_deref()),
             DEFAULT_HTTPS_LISTEN,
         ),
         admin: c.addr(
             "listen.admin",
-            overrides.admin_listen.as_deref().or(file.listen.admin.as_deref()),
+            overrides
+                .admin_listen
+                .as_deref()
+                .or(file.listen.admin.as_deref()),
             DEFAULT_ADMIN_LISTEN,
         ),
     };
@@ -221,7 +246,11 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
     let proxy = build_proxy(&mut c, file.proxy);
 
     let shutdown = Shutdown {
-        delay: c.duration("shutdown.delay", file.shutdown.delay.as_deref(), DEFAULT_SHUTDOWN_DELAY),
+        delay: c.duration(
+            "shutdown.delay",
+            file.shutdown.delay.as_deref(),
+            DEFAULT_SHUTDOWN_DELAY,
+        ),
         drain_timeout: c.duration(
             "shutdown.drain-timeout",
             file.shutdown.drain_timeout.as_deref(),
@@ -233,7 +262,10 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
         None | Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
         Some(other) => {
-            c.fail("log.format", format!("{other:?} is not \"json\" or \"text\""));
+            c.fail(
+                "log.format",
+                format!("{other:?} is not \"json\" or \"text\""),
+            );
             LogFormat::Json
         }
     };
@@ -262,7 +294,9 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
 }
 
 fn build_ingress(c: &mut Check, file: IngressFile) -> IngressConfig {
-    let controller = file.controller.unwrap_or_else(|| DEFAULT_CONTROLLER.to_owned());
+    let controller = file
+        .controller
+        .unwrap_or_else(|| DEFAULT_CONTROLLER.to_owned());
     if !is_controller_name(&controller) {
         c.fail(
             "ingress.controller",
@@ -280,10 +314,16 @@ fn build_ingress(c: &mut Check, file: IngressFile) -> IngressConfig {
     }
     let https_redirect_port = match file.https_redirect_port {
         None => 443,
-        Some(p) => u16::try_from(p).ok().filter(|p| *p != 0).unwrap_or_else(|| {
-            c.fail("ingress.https-redirect-port", format!("{p} is not a port number"));
-            443
-        }),
+        Some(p) => u16::try_from(p)
+            .ok()
+            .filter(|p| *p != 0)
+            .unwrap_or_else(|| {
+                c.fail(
+                    "ingress.https-redirect-port",
+                    format!("{p} is not a port number"),
+                );
+                443
+            }),
     };
     let default_certificate = match file.default_certificate.as_deref() {
         None | Some("") => None,
@@ -408,7 +448,10 @@ mod tests {
     use super::*;
 
     fn build_str(text: &str) -> Result<Config, Vec<FieldError>> {
-        build(FileConfig::parse(text).expect("toml"), &Overrides::default())
+        build(
+            FileConfig::parse(text).expect("toml"),
+            &Overrides::default(),
+        )
     }
 
     #[test]
@@ -459,8 +502,9 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let file = FileConfig::parse("[listen]\nhttp = \"127.0.0.1:1\"\n[manifests]\ndirs = [\"a\"]")
-            .expect("toml");
+        let file =
+            FileConfig::parse("[listen]\nhttp = \"127.0.0.1:1\"\n[manifests]\ndirs = [\"a\"]")
+                .expect("toml");
         let overrides = Overrides {
             manifests: vec!["b".into(), "c".into()],
             http_listen: Some("127.0.0.1:2".into()),

@@ -23,7 +23,10 @@ pub(super) fn authority(req: &RequestHeader) -> Option<&[u8]> {
 }
 
 /// The normalised host to route by, in `buf`.
-pub(super) fn routing_host<'b>(req: &RequestHeader, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
+pub(super) fn routing_host<'b>(
+    req: &RequestHeader,
+    buf: &'b mut [u8; MAX_HOST_LEN],
+) -> Option<&'b str> {
     authority(req).and_then(|raw| normalize_request_host(raw, buf))
 }
 
@@ -70,7 +73,9 @@ mod tests {
         req.insert_header("host", "Example.COM:8080").unwrap();
         let mut buf = [0; MAX_HOST_LEN];
         assert_eq!(routing_host(&req, &mut buf), Some("example.com"));
-        let req = RequestHeader::build("GET", b"https://a.example.com/x", None).unwrap();
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.set_uri(http::Uri::from_static("https://a.example.com/x"));
+        req.insert_header("host", "ignored.example.com").unwrap();
         let mut buf = [0; MAX_HOST_LEN];
         assert_eq!(routing_host(&req, &mut buf), Some("a.example.com"));
     }

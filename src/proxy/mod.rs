@@ -107,10 +107,7 @@ impl Proxy {
     fn redirect_location(&self, req: &RequestHeader) -> Option<String> {
         let mut buf = [0; MAX_HOST_LEN];
         let host = routing_host(req, &mut buf)?;
-        let path = req
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str());
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         Some(if self.https_port == 443 {
             format!("https://{host}{path}")
         } else {
@@ -119,8 +116,42 @@ impl Proxy {
     }
 }
 
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1) from an upstream response: those the
+/// `Connection` field names, and `Keep-Alive`, `Proxy-Connection`, `TE`. A `101 Switching
+/// Protocols` keeps `Connection` and `Upgrade`, which the upgrade needs.
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        .collect();
+    for name in nominated {
+        resp.remove_header(&name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        resp.remove_header(name);
+    }
+}
+
 fn tls_info(digest: Option<&Digest>) -> Option<&ConnectionInfo> {
-    digest?.ssl_digest.as_ref()?.extension.get::<ConnectionInfo>()
+    digest?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<ConnectionInfo>()
 }
 
 #[async_trait]
@@ -149,9 +180,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        ctx.tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if !ctx.tls && ctx.connection.is_none() {
             ctx.connection = Some(Arc::new(crate::tls::OpenConnectionGuard::new(
                 &self.metrics.open_connections,
@@ -170,7 +199,9 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         ctx.request_id = Some(match req.headers.get(X_REQUEST_ID) {
-            Some(v) if usable_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if usable_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => new_request_id(),
         });
 
@@ -181,7 +212,13 @@ impl ProxyHttp for Proxy {
             snapshot.routes.find(host, req.uri.path()).cloned()
         };
         let Some(route) = route else {
-            respond::text(session, 404, "404 not found: no route for this host and path", None).await?;
+            respond::text(
+                session,
+                404,
+                "404 not found: no route for this host and path",
+                None,
+            )
+            .await?;
             return Ok(true);
         };
         let policy = &route.policy;
@@ -189,20 +226,36 @@ impl ProxyHttp for Proxy {
 
         if !ctx.tls
             && policy.redirect_https
-            && !session.req_header().uri.path().starts_with(ACME_CHALLENGE_PREFIX)
+            && !session
+                .req_header()
+                .uri
+                .path()
+                .starts_with(ACME_CHALLENGE_PREFIX)
         {
             if let Some(location) = self.redirect_location(session.req_header()) {
-                respond::text(session, 308, "308 permanent redirect to HTTPS", Some(&location)).await?;
+                respond::text(
+                    session,
+                    308,
+                    "308 permanent redirect to HTTPS",
+                    Some(&location),
+                )
+                .await?;
                 return Ok(true);
             }
         }
         if let Some(why) = route.backend.why_unavailable() {
-            let body = format!("503 service unavailable: {} ({})", why.message(), route.backend.id);
+            let body = format!(
+                "503 service unavailable: {} ({})",
+                why.message(),
+                route.backend.id
+            );
             respond::text(session, 503, &body, None).await?;
             return Ok(true);
         }
 
-        ctx.body_limit = policy.max_request_body.unwrap_or(self.config.max_request_body_bytes);
+        ctx.body_limit = policy
+            .max_request_body
+            .unwrap_or(self.config.max_request_body_bytes);
         let declared = session
             .req_header()
             .headers
@@ -226,7 +279,10 @@ impl ProxyHttp for Proxy {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_limit > 0 && ctx.body_bytes > ctx.body_limit {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body larger than the limit");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than the limit",
+                );
             }
         }
         Ok(())
@@ -246,7 +302,11 @@ impl ProxyHttp for Proxy {
         let policy = &route.policy;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let options = &mut peer.options;
-        options.connection_timeout = Some(policy.connect_timeout.unwrap_or(self.config.connect_timeout));
+        options.connection_timeout = Some(
+            policy
+                .connect_timeout
+                .unwrap_or(self.config.connect_timeout),
+        );
         options.read_timeout = Some(policy.read_timeout.unwrap_or(self.config.read_timeout));
         options.write_timeout = Some(policy.write_timeout.unwrap_or(self.config.write_timeout));
         options.idle_timeout = Some(self.config.upstream_idle_timeout);
@@ -254,7 +314,13 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         self.metrics.upstream_connect_failures.inc();
         let untried = ctx
             .route
@@ -270,7 +336,10 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
         if let Some(ip) = client_ip {
             upstream.insert_header(X_FORWARDED_FOR, &ip)?;
             upstream.insert_header(X_REAL_IP, &ip)?;
@@ -290,7 +359,11 @@ impl ProxyHttp for Proxy {
                 upstream.remove_header(X_FORWARDED_HOST);
             }
         }
-        if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
+        if let Some(port) = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port())
+        {
             upstream.insert_header(X_FORWARDED_PORT, port.to_string())?;
         }
         if let Some(id) = &ctx.request_id {
@@ -306,10 +379,13 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = Some(upstream.status.as_u16());
+        strip_hop_by_hop(upstream);
         if let Some(start) = ctx.upstream_start {
             let elapsed = start.elapsed();
             ctx.upstream_duration = Some(elapsed);
-            self.metrics.upstream_duration.observe(elapsed.as_secs_f64());
+            self.metrics
+                .upstream_duration
+                .observe(elapsed.as_secs_f64());
         }
         Ok(())
     }
@@ -351,13 +427,22 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    fn persist_connection_context(&self, _session: &Session, ctx: &Ctx) -> Option<Box<dyn Any + Send + Sync>> {
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
         ctx.connection
             .clone()
             .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
     }
 
-    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut Ctx, previous: Box<dyn Any + Send + Sync>) {
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        previous: Box<dyn Any + Send + Sync>,
+    ) {
         if let Ok(connection) = previous.downcast::<Arc<crate::tls::OpenConnectionGuard>>() {
             ctx.connection = Some(*connection);
         }
@@ -378,7 +463,10 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         let bytes_out = session.body_bytes_sent() as u64;
         let bytes_in = session.body_bytes_read() as u64;
-        let counters = ctx.route.as_ref().map_or(&self.metrics.unrouted, |r| &r.counters);
+        let counters = ctx
+            .route
+            .as_ref()
+            .map_or(&self.metrics.unrouted, |r| &r.counters);
         counters.record(&req.method, status, bytes_in, bytes_out);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
 

@@ -1,12 +1,17 @@
 //! Answers pylon writes itself: not found, unavailable, redirects, limits.
 
 use bytes::Bytes;
+use pingora::Result;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::Result;
 
 /// Writes a short `text/plain` answer. `location` is set for redirects.
-pub(super) async fn text(session: &mut Session, status: u16, body: &str, location: Option<&str>) -> Result<()> {
+pub(super) async fn text(
+    session: &mut Session,
+    status: u16,
+    body: &str,
+    location: Option<&str>,
+) -> Result<()> {
     let body = Bytes::from(format!("{body}\n"));
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
@@ -15,7 +20,9 @@ pub(super) async fn text(session: &mut Session, status: u16, body: &str, locatio
         header.insert_header(http::header::LOCATION, location)?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(header), head_only).await?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }

@@ -169,9 +169,15 @@ mod tests {
             HostPattern::parse(Some("App.example.com")),
             Err(HostError::BadLabel("App".into()))
         );
-        assert_eq!(HostPattern::parse(Some("a.*.com")), Err(HostError::BadWildcard));
+        assert_eq!(
+            HostPattern::parse(Some("a.*.com")),
+            Err(HostError::BadWildcard)
+        );
         assert_eq!(HostPattern::parse(Some("*")), Err(HostError::BadWildcard));
-        assert_eq!(HostPattern::parse(Some("10.0.0.1")), Err(HostError::IpAddress));
+        assert_eq!(
+            HostPattern::parse(Some("10.0.0.1")),
+            Err(HostError::IpAddress)
+        );
         assert!(HostPattern::parse(Some("a..b")).is_err());
         assert!(HostPattern::parse(Some("-a.b")).is_err());
     }
@@ -188,9 +194,15 @@ mod tests {
     #[test]
     fn normalizes_request_hosts() {
         let mut buf = [0; MAX_HOST_LEN];
-        assert_eq!(normalize_request_host(b"App.Example.COM:8443", &mut buf), Some("app.example.com"));
+        assert_eq!(
+            normalize_request_host(b"App.Example.COM:8443", &mut buf),
+            Some("app.example.com")
+        );
         let mut buf = [0; MAX_HOST_LEN];
-        assert_eq!(normalize_request_host(b"example.com.", &mut buf), Some("example.com"));
+        assert_eq!(
+            normalize_request_host(b"example.com.", &mut buf),
+            Some("example.com")
+        );
         let mut buf = [0; MAX_HOST_LEN];
         assert_eq!(normalize_request_host(b"[::1]:80", &mut buf), None);
         let mut buf = [0; MAX_HOST_LEN];

@@ -94,7 +94,9 @@ mod tests {
         let host_rules: Vec<_> = {
             let exact: Vec<_> = rules
                 .iter()
-                .filter(|(h, ..)| matches!(h, HostPattern::Exact(_)) && host.is_some_and(|x| h.matches(x)))
+                .filter(|(h, ..)| {
+                    matches!(h, HostPattern::Exact(_)) && host.is_some_and(|x| h.matches(x))
+                })
                 .collect();
             let wildcard: Vec<_> = rules
                 .iter()
@@ -102,7 +104,10 @@ mod tests {
                     matches!(h, HostPattern::Wildcard(_)) && host.is_some_and(|x| h.matches(x))
                 })
                 .collect();
-            let any: Vec<_> = rules.iter().filter(|(h, ..)| *h == HostPattern::Any).collect();
+            let any: Vec<_> = rules
+                .iter()
+                .filter(|(h, ..)| *h == HostPattern::Any)
+                .collect();
             if !exact.is_empty() {
                 exact
             } else if !wildcard.is_empty() {
@@ -122,8 +127,13 @@ mod tests {
     fn host_strategy() -> impl Strategy<Value = HostPattern> {
         prop_oneof![
             Just(HostPattern::Any),
-            prop::sample::select(vec!["a.example.com", "b.example.com", "example.com", "x.a.example.com"])
-                .prop_map(|h| HostPattern::parse(Some(h)).unwrap()),
+            prop::sample::select(vec![
+                "a.example.com",
+                "b.example.com",
+                "example.com",
+                "x.a.example.com"
+            ])
+            .prop_map(|h| HostPattern::parse(Some(h)).unwrap()),
             prop::sample::select(vec!["*.example.com", "*.a.example.com"])
                 .prop_map(|h| HostPattern::parse(Some(h)).unwrap()),
         ]
@@ -134,16 +144,23 @@ mod tests {
     }
 
     fn path_strategy() -> impl Strategy<Value = PathMatch> {
-        (prop::bool::ANY, prop::collection::vec(segment(), 0..4), prop::bool::ANY).prop_map(
-            |(exact, segs, slash)| {
+        (
+            prop::bool::ANY,
+            prop::collection::vec(segment(), 0..4),
+            prop::bool::ANY,
+        )
+            .prop_map(|(exact, segs, slash)| {
                 let mut p = format!("/{}", segs.join("/"));
                 if slash && !segs.is_empty() {
                     p.push('/');
                 }
-                let kind = if exact { PathKind::Exact } else { PathKind::Prefix };
+                let kind = if exact {
+                    PathKind::Exact
+                } else {
+                    PathKind::Prefix
+                };
                 PathMatch::parse(kind, Some(&p)).unwrap()
-            },
-        )
+            })
     }
 
     fn request_strategy() -> impl Strategy<Value = (Option<&'static str>, String)> {
@@ -159,13 +176,14 @@ mod tests {
                 "other.org",
             ]),
         );
-        let path = (prop::collection::vec(segment(), 0..5), prop::bool::ANY).prop_map(|(segs, slash)| {
-            let mut p = format!("/{}", segs.join("/"));
-            if slash && !segs.is_empty() {
-                p.push('/');
-            }
-            p
-        });
+        let path =
+            (prop::collection::vec(segment(), 0..5), prop::bool::ANY).prop_map(|(segs, slash)| {
+                let mut p = format!("/{}", segs.join("/"));
+                if slash && !segs.is_empty() {
+                    p.push('/');
+                }
+                p
+            });
         (host, path)
     }
 
@@ -210,8 +228,14 @@ mod tests {
         let exact = PathMatch::parse(PathKind::Exact, Some("/api")).unwrap();
         builder.add(&host, &exact, route(3)).unwrap();
         let table = builder.build();
-        assert_eq!(tag(table.find(Some("a.example.com"), "/api")).as_deref(), Some("ing3"));
-        assert_eq!(tag(table.find(Some("a.example.com"), "/api/x")).as_deref(), Some("ing1"));
+        assert_eq!(
+            tag(table.find(Some("a.example.com"), "/api")).as_deref(),
+            Some("ing3")
+        );
+        assert_eq!(
+            tag(table.find(Some("a.example.com"), "/api/x")).as_deref(),
+            Some("ing1")
+        );
         assert_eq!(tag(table.find(Some("a.example.com"), "/apix")), None);
         assert_eq!(table.len(), 2);
     }

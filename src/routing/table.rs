@@ -90,9 +90,7 @@ impl RouteTable {
                     .or_else(|| parent(h).and_then(|p| self.wildcard.get(p)))
             })
             .or(self.any.as_ref());
-        routes
-            .and_then(|r| r.find(path))
-            .or(self.default.as_ref())
+        routes.and_then(|r| r.find(path)).or(self.default.as_ref())
     }
 
     pub fn default_route(&self) -> Option<&Arc<Route>> {
@@ -160,7 +158,12 @@ pub struct RouteTableBuilder {
 
 impl RouteTableBuilder {
     /// Adds a route, or returns the route already holding this host and path.
-    pub fn add(&mut self, host: &HostPattern, path: &PathMatch, route: Arc<Route>) -> Result<(), Arc<Route>> {
+    pub fn add(
+        &mut self,
+        host: &HostPattern,
+        path: &PathMatch,
+        route: Arc<Route>,
+    ) -> Result<(), Arc<Route>> {
         let routes = match host {
             HostPattern::Exact(h) => self.table.exact.entry(h.as_str().into()).or_default(),
             HostPattern::Wildcard(p) => self.table.wildcard.entry(p.as_str().into()).or_default(),

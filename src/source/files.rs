@@ -12,8 +12,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::manifest::{self, Document, Kind, Object, ObjectId};
 use super::World;
+use super::manifest::{self, Document, Kind, Object, ObjectId};
 use crate::problem::{Problem, Subject};
 
 /// Directories deeper than this are not descended into (guards against symlink loops).
@@ -249,7 +249,10 @@ fn read_file(path: &Path, stamp: (SystemTime, u64), previous: Option<FileState>)
                     problems.push(Problem::warning(
                         subject(&id),
                         "unknown_field",
-                        format!("unknown field {field} (in {}); it is ignored", path.display()),
+                        format!(
+                            "unknown field {field} (in {}); it is ignored",
+                            path.display()
+                        ),
                     ));
                 }
                 objects.insert(id, Arc::new(*object));
@@ -257,7 +260,10 @@ fn read_file(path: &Path, stamp: (SystemTime, u64), previous: Option<FileState>)
             Document::Invalid { id, reason } => {
                 let kept = previous_objects.get(&id);
                 let message = match kept {
-                    Some(_) => format!("invalid (in {}): {reason}; the last good version stays in service", path.display()),
+                    Some(_) => format!(
+                        "invalid (in {}): {reason}; the last good version stays in service",
+                        path.display()
+                    ),
                     None => format!("invalid (in {}): {reason}", path.display()),
                 };
                 problems.push(Problem::error(subject(&id), "invalid_object", message));
@@ -365,7 +371,9 @@ mod tests {
         let world = source.world();
         let kept = &world.ingresses[&ObjectKey::new("default", "app")];
         assert_eq!(
-            kept.spec.as_ref().unwrap().rules.as_ref().unwrap()[0].host.as_deref(),
+            kept.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+                .host
+                .as_deref(),
             Some("a.example.com")
         );
         assert_eq!(world.problems[0].reason, "invalid_object");
@@ -376,14 +384,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), INGRESS).unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(dir.path().join("sub/b.yaml"), INGRESS.replace("a.example.com", "b.example.com")).unwrap();
+        std::fs::write(
+            dir.path().join("sub/b.yaml"),
+            INGRESS.replace("a.example.com", "b.example.com"),
+        )
+        .unwrap();
         std::fs::write(dir.path().join(".hidden.yaml"), "not: [yaml").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         let mut source = FilesSource::new(vec![dir.path().to_owned()]);
         source.refresh();
         let world = source.world();
         assert_eq!(world.ingresses.len(), 1);
-        let rules = world.ingresses[&ObjectKey::new("default", "app")].spec.clone().unwrap().rules.unwrap();
+        let rules = world.ingresses[&ObjectKey::new("default", "app")]
+            .spec
+            .clone()
+            .unwrap()
+            .rules
+            .unwrap();
         assert_eq!(rules[0].host.as_deref(), Some("a.example.com"));
         assert_eq!(world.problems.len(), 1);
         assert_eq!(world.problems[0].reason, "duplicate_object");

@@ -115,7 +115,12 @@ fn read_value(index: usize, value: Value, docs: &mut Vec<Document>) {
         }
         return;
     };
-    let field = |name: &str| map.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let field = |name: &str| {
+        map.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let (api_version, kind_name) = (field("apiVersion"), field("kind"));
     if api_version.is_empty() || kind_name.is_empty() {
         docs.push(Document::Unidentified {
@@ -141,7 +146,10 @@ fn read_value(index: usize, value: Value, docs: &mut Vec<Document>) {
     };
     let meta = map.get("metadata");
     let meta_str = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
-    let Some(name) = meta_str("name").filter(|n| !n.is_empty()).map(str::to_owned) else {
+    let Some(name) = meta_str("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+    else {
         docs.push(Document::Unidentified {
             index,
             reason: format!("{kind_name} has no metadata.name"),
@@ -149,7 +157,10 @@ fn read_value(index: usize, value: Value, docs: &mut Vec<Document>) {
         return;
     };
     let namespace = if kind.namespaced() {
-        meta_str("namespace").filter(|n| !n.is_empty()).unwrap_or("default").to_owned()
+        meta_str("namespace")
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_owned()
     } else {
         String::new()
     };
@@ -351,11 +362,18 @@ items:
   data: {tls.key: S0VZ}
 "#;
         let docs = parse(text).unwrap();
-        let Document::Object { object, unknown_fields, .. } = &docs[0] else {
+        let Document::Object {
+            object,
+            unknown_fields,
+            ..
+        } = &docs[0]
+        else {
             panic!("{docs:?}")
         };
         assert!(unknown_fields.is_empty(), "{unknown_fields:?}");
-        let Object::Secret(secret) = &**object else { panic!() };
+        let Object::Secret(secret) = &**object else {
+            panic!()
+        };
         let data = secret.data.as_ref().unwrap();
         assert_eq!(data["tls.crt"].0, b"CERT");
         assert_eq!(data["tls.key"].0, b"KEY");

@@ -149,16 +149,20 @@ fn nginx(name: &str, key: &str, value: &str, out: &mut Parsed) {
             Ok(())
         }
         n if NOT_YET.contains(&n) => {
-            out.notes.push(format!("annotation {key} is not supported yet; it is ignored"));
+            out.notes.push(format!(
+                "annotation {key} is not supported yet; it is ignored"
+            ));
             Ok(())
         }
         _ => {
-            out.notes.push(format!("annotation {key} is unknown; it is ignored"));
+            out.notes
+                .push(format!("annotation {key} is unknown; it is ignored"));
             Ok(())
         }
     };
     if let Err(reason) = result {
-        out.errors.push(format!("annotation {key}: {value:?} {reason}"));
+        out.errors
+            .push(format!("annotation {key}: {value:?} {reason}"));
     }
 }
 
@@ -175,9 +179,12 @@ fn parse_bool(value: &str) -> Result<bool, String> {
 fn parse_timeout(value: &str) -> Result<Duration, String> {
     let v = value.trim();
     let d = if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
-        v.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string())?
+        v.parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string())?
     } else {
-        humantime::parse_duration(v).map_err(|_| "is not a number of seconds or a duration like 90s".to_string())?
+        humantime::parse_duration(v)
+            .map_err(|_| "is not a number of seconds or a duration like 90s".to_string())?
     };
     if d.is_zero() || d > Duration::from_secs(24 * 3600) {
         return Err("must be between 1 second and 24 hours".into());
@@ -190,7 +197,10 @@ mod tests {
     use super::*;
 
     fn parse_map(pairs: &[(&str, &str)]) -> Parsed {
-        let map = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         parse(Some(&map))
     }
 
@@ -227,14 +237,21 @@ mod tests {
             ("nginx.ingress.kubernetes.io/proxy-read-timeout", "0"),
         ]);
         assert_eq!(p.errors.len(), 3, "{:?}", p.errors);
-        assert!(p.errors.iter().all(|e| e.starts_with("annotation nginx.ingress.kubernetes.io/")));
+        assert!(
+            p.errors
+                .iter()
+                .all(|e| e.starts_with("annotation nginx.ingress.kubernetes.io/"))
+        );
     }
 
     #[test]
     fn unsupported_and_unknown_annotations_are_noted() {
         let p = parse_map(&[
             ("nginx.ingress.kubernetes.io/rewrite-target", "/$2"),
-            ("nginx.ingress.kubernetes.io/configuration-snippet", "more_set_headers \"X: y\";"),
+            (
+                "nginx.ingress.kubernetes.io/configuration-snippet",
+                "more_set_headers \"X: y\";",
+            ),
             ("nginx.ingress.kubernetes.io/made-up", "1"),
         ]);
         assert!(p.errors.is_empty());

@@ -70,11 +70,14 @@ impl<'w> Backends<'w> {
             if self.reported.insert((ingress.clone(), id.clone())) {
                 let (reason, what) = match why {
                     Unavailable::ServiceMissing => ("service_missing", "Service not found"),
-                    Unavailable::PortMissing => ("service_port_missing", "the Service has no such port"),
-                    Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
-                    Unavailable::ExternalNameUnsupported => {
-                        ("external_name_unsupported", "ExternalName Services are not supported yet")
+                    Unavailable::PortMissing => {
+                        ("service_port_missing", "the Service has no such port")
                     }
+                    Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
+                    Unavailable::ExternalNameUnsupported => (
+                        "external_name_unsupported",
+                        "ExternalName Services are not supported yet",
+                    ),
                 };
                 problems.push(Problem::warning(
                     Subject::object("Ingress", &ingress.namespace, &ingress.name),
@@ -120,7 +123,11 @@ impl<'w> Backends<'w> {
             let Some(target) = target else { continue };
             for endpoint in &slice.endpoints {
                 // A missing `ready` condition means ready (EndpointSlice API).
-                let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
                 if !ready {
                     continue;
                 }

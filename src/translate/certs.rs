@@ -62,7 +62,11 @@ impl<'a> Certs<'a> {
     }
 
     /// The configured default certificate.
-    pub(super) fn load_default(&mut self, secret: &ObjectKey, problems: &mut Vec<Problem>) -> Option<Arc<Certificate>> {
+    pub(super) fn load_default(
+        &mut self,
+        secret: &ObjectKey,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Arc<Certificate>> {
         if !self.world.secrets.contains_key(secret) {
             problems.push(Problem::error(
                 Subject::object("Secret", &secret.namespace, &secret.name),
@@ -74,7 +78,11 @@ impl<'a> Certs<'a> {
         self.certificate(secret, problems)
     }
 
-    fn certificate(&mut self, key: &ObjectKey, problems: &mut Vec<Problem>) -> Option<Arc<Certificate>> {
+    fn certificate(
+        &mut self,
+        key: &ObjectKey,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Arc<Certificate>> {
         if !self.next.contains_key(key) {
             let memo = self.parse(key, problems);
             if let Some(cert) = memo.parsed.as_ref().ok().or(memo.last_good.as_ref()) {
@@ -86,7 +94,11 @@ impl<'a> Certs<'a> {
             self.next.insert(key.clone(), memo);
         }
         let memo = &self.next[key];
-        memo.parsed.as_ref().ok().or(memo.last_good.as_ref()).cloned()
+        memo.parsed
+            .as_ref()
+            .ok()
+            .or(memo.last_good.as_ref())
+            .cloned()
     }
 
     fn parse(&self, key: &ObjectKey, problems: &mut Vec<Problem>) -> CertMemo {
@@ -120,13 +132,21 @@ impl<'a> Certs<'a> {
             } else {
                 "; its hosts get the default certificate"
             };
-            problems.push(Problem::error(subject, e.metric_label(), format!("{e}{tail}")));
+            problems.push(Problem::error(
+                subject,
+                e.metric_label(),
+                format!("{e}{tail}"),
+            ));
         } else if let Ok(cert) = &memo.parsed {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
             if cert.not_after < now {
-                problems.push(Problem::warning(subject, "certificate_expired", "the certificate has expired"));
+                problems.push(Problem::warning(
+                    subject,
+                    "certificate_expired",
+                    "the certificate has expired",
+                ));
             }
         }
         memo
@@ -139,7 +159,11 @@ impl<'a> Certs<'a> {
 
 fn pem_pair(secret: &Secret) -> (Option<&[u8]>, Option<&[u8]>) {
     let data = secret.data.as_ref();
-    let field = |name: &str| data.and_then(|d| d.get(name)).map(|b| b.0.as_slice()).filter(|b| !b.is_empty());
+    let field = |name: &str| {
+        data.and_then(|d| d.get(name))
+            .map(|b| b.0.as_slice())
+            .filter(|b| !b.is_empty())
+    };
     (field("tls.crt"), field("tls.key"))
 }
 

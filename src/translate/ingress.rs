@@ -68,19 +68,28 @@ pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<St
 
     let mut rules = Vec::new();
     let mut rule_hosts = Vec::new();
-    for (i, rule) in spec.and_then(|s| s.rules.as_ref()).into_iter().flatten().enumerate() {
+    for (i, rule) in spec
+        .and_then(|s| s.rules.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        // An invalid host is reported, and its paths are still checked so that every error
+        // is reported at once.
         let host = match HostPattern::parse(rule.host.as_deref()) {
-            Ok(h) => h,
+            Ok(h) => Some(h),
             Err(e) => {
                 errors.push(format!(
                     "spec.rules[{i}].host {:?}: {e}",
                     rule.host.as_deref().unwrap_or_default()
                 ));
-                continue;
+                None
             }
         };
-        if !rule_hosts.contains(&host) {
-            rule_hosts.push(host.clone());
+        if let Some(h) = &host {
+            if !rule_hosts.contains(h) {
+                rule_hosts.push(h.clone());
+            }
         }
         let Some(http) = &rule.http else { continue };
         for (j, p) in http.paths.iter().enumerate() {
@@ -109,7 +118,8 @@ pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<St
                     continue;
                 }
             };
-            if let Some(backend) = backend(&p.backend, &format!("{field}.backend"), &mut errors) {
+            let backend = backend(&p.backend, &format!("{field}.backend"), &mut errors);
+            if let (Some(host), Some(backend)) = (&host, backend) {
                 rules.push(PathRule {
                     host: host.clone(),
                     path,
@@ -123,7 +133,12 @@ pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<St
     }
 
     let mut tls = Vec::new();
-    for (i, entry) in spec.and_then(|s| s.tls.as_ref()).into_iter().flatten().enumerate() {
+    for (i, entry) in spec
+        .and_then(|s| s.tls.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let mut hosts = Vec::new();
         for (j, h) in entry.hosts.iter().flatten().enumerate() {
             match HostPattern::parse(Some(h)) {
@@ -164,7 +179,9 @@ pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<St
 
 fn backend(b: &IngressBackend, field: &str, errors: &mut Vec<String>) -> Option<ServiceRef> {
     if b.resource.is_some() {
-        errors.push(format!("{field}.resource: resource backends are not supported"));
+        errors.push(format!(
+            "{field}.resource: resource backends are not supported"
+        ));
         return None;
     }
     let Some(service) = &b.service else {
@@ -186,7 +203,9 @@ fn backend(b: &IngressBackend, field: &str, errors: &mut Vec<String>) -> Option<
             },
             (None, Some(name)) if !name.is_empty() => PortRef::Name(name.into()),
             (Some(_), Some(_)) => {
-                errors.push(format!("{field}.service.port: set number or name, not both"));
+                errors.push(format!(
+                    "{field}.service.port: set number or name, not both"
+                ));
                 return None;
             }
             _ => {

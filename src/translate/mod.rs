@@ -78,6 +78,8 @@ pub struct Translation {
     pub snapshot: Snapshot,
     pub problems: Vec<Problem>,
     pub certificates: Vec<CertificateInUse>,
+    /// Ingresses left to other controllers, with the class they name (if any).
+    pub ignored: Vec<(ObjectKey, Option<String>)>,
 }
 
 /// Builds the next snapshot from `world`, reusing what `previous` already parsed.
@@ -85,7 +87,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
     let mut problems = world.problems.clone();
     let mut memo = Memo::default();
 
-    let served = select(world, settings, previous, &mut memo, &mut problems);
+    let (served, ignored) = select(world, settings, previous, &mut memo, &mut problems);
 
     let mut backends = Backends::new(world);
     let mut certs = Certs::new(world, &previous.memo.certs);
@@ -139,7 +141,10 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
         .default_certificate
         .as_ref()
         .and_then(|key| certs.load_default(key, &mut problems))
-        .map_or_else(|| settings.fallback_certificate.key.clone(), |c| c.key.clone());
+        .map_or_else(
+            || settings.fallback_certificate.key.clone(),
+            |c| c.key.clone(),
+        );
     index.set_default(default_key);
 
     // Routes, oldest Ingress first: the first route for a host and path wins.
@@ -230,6 +235,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
         },
         problems,
         certificates,
+        ignored,
     }
 }
 
@@ -241,11 +247,14 @@ fn select(
     previous: &Snapshot,
     memo: &mut Memo,
     problems: &mut Vec<Problem>,
-) -> Vec<ParsedIngress> {
+) -> (Vec<ParsedIngress>, Vec<(ObjectKey, Option<String>)>) {
     let classes = Classes::new(world, settings);
     let mut served = Vec::new();
+    let mut ignored = Vec::new();
     for (key, ing) in &world.ingresses {
-        if !classes.serves(ing) {
+        let class = class_of(ing);
+        if !classes.serves(class) {
+            ignored.push((key.clone(), class.map(str::to_owned)));
             continue;
         }
         let subject = ingress_subject(key);
@@ -280,11 +289,30 @@ fn select(
     }
     for ing in &served {
         for note in &ing.notes {
-            problems.push(Problem::warning(ingress_subject(&ing.key), "ignored_setting", note.clone()));
+            problems.push(Problem::warning(
+                ingress_subject(&ing.key),
+                "ignored_setting",
+                note.clone(),
+            ));
         }
     }
     served.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
-    served
+    (served, ignored)
+}
+
+/// The class an Ingress names: `spec.ingressClassName`, else the legacy annotation.
+fn class_of(ing: &Ingress) -> Option<&str> {
+    ing.spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+        .or_else(|| {
+            ing.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CLASS_ANNOTATION))
+                .map(String::as_str)
+        })
+        .filter(|c| !c.is_empty())
 }
 
 /// Which class names pylon serves.
@@ -322,19 +350,7 @@ impl<'a> Classes<'a> {
         }
     }
 
-    fn serves(&self, ing: &Ingress) -> bool {
-        let class = ing
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.as_deref())
-            .or_else(|| {
-                ing.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(CLASS_ANNOTATION))
-                    .map(String::as_str)
-            })
-            .filter(|c| !c.is_empty());
+    fn serves(&self, class: Option<&str>) -> bool {
         match class {
             Some(name) => self.names.contains(name),
             None => self.serve_without_class || self.default_is_ours,
@@ -348,7 +364,9 @@ fn has_tls(tls_hosts: &BTreeSet<HostPattern>, host: &HostPattern) -> bool {
         HostPattern::Exact(h) => {
             tls_hosts.contains(host)
                 || h.parent().is_some_and(|p| {
-                    tls_hosts.iter().any(|t| matches!(t, HostPattern::Wildcard(w) if w.as_str() == p))
+                    tls_hosts
+                        .iter()
+                        .any(|t| matches!(t, HostPattern::Wildcard(w) if w.as_str() == p))
                 })
         }
         HostPattern::Wildcard(_) => tls_hosts.contains(host),

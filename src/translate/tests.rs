@@ -1,0 +1,597 @@
+//! Translate, fed in-memory objects written as YAML.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::{FileConfig, Overrides};
+use crate::source::manifest::{self, Document, Object};
+
+fn world(yaml: &str) -> World {
+    let mut w = World::default();
+    for doc in manifest::parse(yaml).expect("valid YAML") {
+        let Document::Object { id, object, .. } = doc else {
+            panic!("test manifest is invalid: {doc:?}")
+        };
+        let key = id.key;
+        match *object {
+            Object::Ingress(o) => {
+                w.ingresses.insert(key, Arc::new(o));
+            }
+            Object::IngressClass(o) => {
+                w.ingress_classes.insert(key.name, Arc::new(o));
+            }
+            Object::Service(o) => {
+                w.services.insert(key, Arc::new(o));
+            }
+            Object::EndpointSlice(o) => {
+                w.endpoint_slices.insert(key, Arc::new(o));
+            }
+            Object::Secret(o) => {
+                w.secrets.insert(key, Arc::new(o));
+            }
+        }
+    }
+    w
+}
+
+fn settings(toml: &str) -> Settings {
+    let config = Config::build(FileConfig::parse(toml).unwrap(), &Overrides::default()).unwrap();
+    Settings::new(
+        &config.ingress,
+        crate::tls::self_signed("default.invalid").unwrap(),
+    )
+}
+
+use crate::config::Config;
+
+const CLASS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: pylon}
+spec: {controller: pylon.dev/ingress-controller}
+"#;
+
+/// A Service `name` with port 80 → 8080 and one ready endpoint per address.
+fn service(name: &str, addresses: &[&str]) -> String {
+    format!(
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{ports: [{{name: http, port: 80, targetPort: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-abc
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{}]
+"#,
+        addresses
+            .iter()
+            .map(|a| format!("{{addresses: [{a}]}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn ingress(name: &str, created: &str, class: Option<&str>, body: &str) -> String {
+    let class = class
+        .map(|c| format!("  ingressClassName: {c}\n"))
+        .unwrap_or_default();
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec:\n{class}{body}\n"
+    )
+}
+
+fn rule(host: &str, path: &str, kind: &str, svc: &str) -> String {
+    format!(
+        "  - host: \"{host}\"\n    http: {{paths: [{{path: \"{path}\", pathType: {kind}, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}]}}\n"
+    )
+}
+
+/// Which service a request reaches, or "-" for 404.
+fn route(t: &Translation, host: Option<&str>, path: &str) -> String {
+    t.snapshot
+        .routes
+        .find(host, path)
+        .map_or("-".into(), |r| r.backend.id.service.to_string())
+}
+
+fn reasons(t: &Translation) -> Vec<&'static str> {
+    t.problems.iter().map(|p| p.reason).collect()
+}
+
+#[test]
+fn hosts_paths_and_default_backend() {
+    let mut yaml = String::from(CLASS);
+    for s in ["a", "b", "c", "d", "e", "def"] {
+        yaml += &service(s, &["10.0.0.1"]);
+    }
+    yaml += &ingress(
+        "one",
+        "2024-01-01T00:00:00Z",
+        Some("pylon"),
+        &format!(
+            "  defaultBackend: {{service: {{name: def, port: {{number: 80}}}}}}\n  rules:\n{}{}{}{}{}",
+            rule("app.example.com", "/", "Prefix", "a"),
+            rule("app.example.com", "/api", "Prefix", "b"),
+            rule("app.example.com", "/api", "Exact", "c"),
+            rule("*.example.com", "/", "ImplementationSpecific", "d"),
+            rule("", "/any", "Prefix", "e"),
+        ),
+    );
+    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let cases = [
+        (Some("app.example.com"), "/", "a"),
+        (Some("app.example.com"), "/apix", "a"),
+        (Some("app.example.com"), "/api", "c"),
+        (Some("app.example.com"), "/api/", "b"),
+        (Some("app.example.com"), "/api/v1", "b"),
+        (Some("other.example.com"), "/x", "d"),
+        (Some("x.y.example.com"), "/any/thing", "e"),
+        (Some("example.com"), "/nothing", "def"),
+        (None, "/any", "e"),
+        (Some("unknown.org"), "/", "def"),
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(route(&t, host, path), want, "{host:?} {path}");
+    }
+}
+
+#[test]
+fn unknown_host_without_default_backend_is_not_found() {
+    let yaml = format!(
+        "{CLASS}{}{}",
+        service("a", &["10.0.0.1"]),
+        ingress(
+            "one",
+            "2024-01-01T00:00:00Z",
+            Some("pylon"),
+            &format!("  rules:\n{}", rule("a.example.com", "/", "Prefix", "a"))
+        )
+    );
+    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    assert_eq!(route(&t, Some("b.example.com"), "/"), "-");
+    assert_eq!(route(&t, Some("a.example.com"), "/x"), "a");
+}
+
+#[test]
+fn classes_decide_which_ingresses_are_served() {
+    let body = |host: &str| format!("  rules:\n{}", rule(host, "/", "Prefix", "a"));
+    let mut yaml = String::from(CLASS);
+    yaml += &service("a", &["10.0.0.1"]);
+    yaml += "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: other}\nspec: {controller: example.com/other}\n";
+    yaml += &ingress(
+        "ours",
+        "2024-01-01T00:00:00Z",
+        Some("pylon"),
+        &body("ours.test"),
+    );
+    yaml += &ingress(
+        "theirs",
+        "2024-01-01T00:00:00Z",
+        Some("other"),
+        &body("theirs.test"),
+    );
+    yaml += &ingress(
+        "nginx",
+        "2024-01-01T00:00:00Z",
+        Some("nginx"),
+        &body("nginx.test"),
+    );
+    yaml += &ingress("none", "2024-01-01T00:00:00Z", None, &body("none.test"));
+    yaml += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: legacy\n  annotations: {kubernetes.io/ingress.class: pylon}\nspec:\n  rules:\n";
+    yaml += &rule("legacy.test", "/", "Prefix", "a");
+    let w = world(&yaml);
+    let served = |t: &Translation| {
+        ["ours", "theirs", "nginx", "none", "legacy"]
+            .into_iter()
+            .filter(|h| route(t, Some(&format!("{h}.test")), "/") == "a")
+            .collect::<Vec<_>>()
+    };
+
+    let t = translate(&w, &settings(""), &Snapshot::default());
+    assert_eq!(served(&t), ["ours", "legacy"]);
+    let t = translate(
+        &w,
+        &settings("[ingress]\nclasses = [\"nginx\"]"),
+        &Snapshot::default(),
+    );
+    assert_eq!(served(&t), ["ours", "nginx", "legacy"]);
+    let t = translate(
+        &w,
+        &settings("[ingress]\nserve-without-class = true"),
+        &Snapshot::default(),
+    );
+    assert_eq!(served(&t), ["ours", "none", "legacy"]);
+
+    // A default IngressClass of ours also takes Ingresses without a class.
+    let default_class = yaml.replacen(
+        "metadata: {name: pylon}",
+        "metadata: {name: pylon, annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}}",
+        1,
+    );
+    let t = translate(&world(&default_class), &settings(""), &Snapshot::default());
+    assert_eq!(served(&t), ["ours", "none", "legacy"]);
+    let t = translate(
+        &w,
+        &settings("[ingress]\ncontroller = \"example.com/other\""),
+        &Snapshot::default(),
+    );
+    assert_eq!(served(&t), ["theirs"]);
+}
+
+#[test]
+fn oldest_ingress_wins_a_conflict_and_the_loser_is_reported() {
+    let mut yaml = String::from(CLASS);
+    yaml += &service("old", &["10.0.0.1"]);
+    yaml += &service("new", &["10.0.0.2"]);
+    // Listed first but younger.
+    yaml += &ingress(
+        "aaa-young",
+        "2025-01-01T00:00:00Z",
+        Some("pylon"),
+        &format!(
+            "  rules:\n{}{}",
+            rule("h.test", "/p/", "Prefix", "new"),
+            rule("h.test", "/q", "Prefix", "new")
+        ),
+    );
+    yaml += &ingress(
+        "zzz-old",
+        "2024-01-01T00:00:00Z",
+        Some("pylon"),
+        &format!("  rules:\n{}", rule("h.test", "/p", "Prefix", "old")),
+    );
+    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    assert_eq!(route(&t, Some("h.test"), "/p/x"), "old");
+    assert_eq!(
+        route(&t, Some("h.test"), "/q"),
+        "new",
+        "paths of both Ingresses merge"
+    );
+    assert_eq!(reasons(&t), ["path_conflict"]);
+    assert_eq!(t.problems[0].subject.name, "aaa-young");
+    assert!(
+        t.problems[0].message.contains("default/zzz-old"),
+        "{}",
+        t.problems[0].message
+    );
+}
+
+#[test]
+fn backends_resolve_through_endpoint_slices() {
+    let mut yaml = String::from(CLASS);
+    yaml += &service("up", &["10.0.0.1", "10.0.0.2"]);
+    // A not-ready endpoint, a slice for another port, and a slice of another service.
+    yaml += r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: up-def, labels: {kubernetes.io/service-name: up}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: metrics, port: 9090}]
+endpoints:
+- {addresses: [10.0.0.3], conditions: {ready: false}}
+- {addresses: [10.0.0.4], conditions: {ready: true}}
+"#;
+    yaml += &service("down", &[]);
+    yaml += r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: named}
+spec: {ports: [{name: web, port: 8000}]}
+"#;
+    yaml += &ingress(
+        "one",
+        "2024-01-01T00:00:00Z",
+        Some("pylon"),
+        &format!(
+            "  rules:\n{}{}{}{}  - host: named.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: named, port: {{name: nope}}}}}}}}]}}\n",
+            rule("up.test", "/", "Prefix", "up"),
+            rule("down.test", "/", "Prefix", "down"),
+            rule("missing.test", "/", "Prefix", "missing"),
+            rule("badport.test", "/", "Prefix", "named").replace("number: 80", "number: 81"),
+        ),
+    );
+    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let backend = |host: &str| {
+        t.snapshot
+            .routes
+            .find(Some(host), "/")
+            .unwrap()
+            .backend
+            .clone()
+    };
+    let up: Vec<String> = backend("up.test")
+        .endpoints()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(up, ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.4:8080"]);
+    use crate::routing::Unavailable::*;
+    assert_eq!(
+        backend("down.test").why_unavailable(),
+        Some(NoReadyEndpoints)
+    );
+    assert_eq!(
+        backend("missing.test").why_unavailable(),
+        Some(ServiceMissing)
+    );
+    assert_eq!(backend("badport.test").why_unavailable(), Some(PortMissing));
+    assert_eq!(backend("named.test").why_unavailable(), Some(PortMissing));
+    let mut r = reasons(&t);
+    r.sort();
+    assert_eq!(
+        r,
+        [
+            "no_ready_endpoints",
+            "service_missing",
+            "service_port_missing",
+            "service_port_missing"
+        ]
+    );
+    // Routes to the same Service port share one backend (one round-robin).
+    let yaml2 = format!(
+        "{CLASS}{}{}",
+        service("up", &["10.0.0.1"]),
+        ingress(
+            "x",
+            "2024-01-01T00:00:00Z",
+            Some("pylon"),
+            &format!(
+                "  rules:\n{}{}",
+                rule("a.test", "/", "Prefix", "up"),
+                rule("b.test", "/", "Prefix", "up")
+            )
+        )
+    );
+    let t = translate(&world(&yaml2), &settings(""), &Snapshot::default());
+    let a = t.snapshot.routes.find(Some("a.test"), "/").unwrap();
+    let b = t.snapshot.routes.find(Some("b.test"), "/").unwrap();
+    assert!(Arc::ptr_eq(&a.backend, &b.backend));
+}
+
+fn tls_secret(name: &str, hosts: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+    let indent = |s: String| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert.pem()),
+        indent(key.serialize_pem())
+    )
+}
+
+#[test]
+fn tls_hosts_get_certificates_and_redirects() {
+    let mut yaml = String::from(CLASS);
+    yaml += &service("a", &["10.0.0.1"]);
+    yaml += &tls_secret("exact", &["secure.test"]);
+    yaml += &tls_secret("wild", &["*.wild.test"]);
+    let rules = [
+        rule("secure.test", "/", "Prefix", "a"),
+        rule("x.wild.test", "/", "Prefix", "a"),
+        rule("plain.test", "/", "Prefix", "a"),
+        rule("opt-out.test", "/", "Prefix", "a"),
+        rule("forced.test", "/", "Prefix", "a"),
+    ];
+    yaml += &ingress(
+        "tls",
+        "2024-01-01T00:00:00Z",
+        Some("pylon"),
+        &format!(
+            "  tls:\n  - {{hosts: [secure.test], secretName: exact}}\n  - {{hosts: [\"*.wild.test\"], secretName: wild}}\n  rules:\n{}{}{}",
+            rules[0], rules[1], rules[2]
+        ),
+    );
+    yaml += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: optout\n  annotations: {nginx.ingress.kubernetes.io/ssl-redirect: \"false\"}\nspec:\n  ingressClassName: pylon\n  tls: [{hosts: [opt-out.test], secretName: exact}]\n  rules:\n";
+    yaml += &rules[3];
+    yaml += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: forced\n  annotations: {nginx.ingress.kubernetes.io/force-ssl-redirect: \"true\"}\nspec:\n  ingressClassName: pylon\n  rules:\n";
+    yaml += &rules[4];
+    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let redirect = |h: &str| {
+        t.snapshot
+            .routes
+            .find(Some(h), "/")
+            .unwrap()
+            .policy
+            .redirect_https
+    };
+    assert!(redirect("secure.test"));
+    assert!(redirect("x.wild.test"));
+    assert!(!redirect("plain.test"));
+    assert!(!redirect("opt-out.test"));
+    assert!(redirect("forced.test"));
+
+    use crate::tls::Matched;
+    let certs = &t.snapshot.certs;
+    assert_eq!(certs.find(Some("secure.test")).unwrap().0, Matched::Exact);
+    assert_eq!(
+        certs.find(Some("y.wild.test")).unwrap().0,
+        Matched::Wildcard
+    );
+    assert_eq!(
+        certs.find(Some("a.b.wild.test")).unwrap().0,
+        Matched::Default
+    );
+    assert_eq!(certs.find(None).unwrap().0, Matched::Default);
+    assert_eq!(t.certificates.len(), 2);
+    // opt-out.test uses a certificate for secure.test: served, but reported.
+    assert_eq!(reasons(&t), ["certificate_name_mismatch"]);
+}
+
+#[test]
+fn a_broken_secret_keeps_the_previous_certificate() {
+    let good = format!(
+        "{CLASS}{}{}{}",
+        service("a", &["10.0.0.1"]),
+        tls_secret("s", &["secure.test"]),
+        ingress(
+            "tls",
+            "2024-01-01T00:00:00Z",
+            Some("pylon"),
+            &format!(
+                "  tls: [{{hosts: [secure.test], secretName: s}}]\n  rules:\n{}",
+                rule("secure.test", "/", "Prefix", "a")
+            )
+        )
+    );
+    let s = settings("");
+    let first = translate(&world(&good), &s, &Snapshot::default());
+    let first_key = first
+        .snapshot
+        .certs
+        .find(Some("secure.test"))
+        .unwrap()
+        .1
+        .clone();
+
+    let broken = good
+        .replace("BEGIN PRIVATE KEY", "BEGIN NONSENSE")
+        .replace("END PRIVATE KEY", "END NONSENSE");
+    let second = translate(&world(&broken), &s, &first.snapshot);
+    let (matched, key) = second.snapshot.certs.find(Some("secure.test")).unwrap();
+    assert_eq!(matched, crate::tls::Matched::Exact);
+    assert!(Arc::ptr_eq(key, &first_key), "previous certificate stays");
+    assert_eq!(reasons(&second), ["bad_key"]);
+    assert!(
+        second.problems[0]
+            .message
+            .contains("previous certificate stays in service")
+    );
+
+    // Unchanged content is not parsed again: same certificate object.
+    let third = translate(&world(&good), &s, &first.snapshot);
+    assert!(Arc::ptr_eq(
+        third.snapshot.certs.find(Some("secure.test")).unwrap().1,
+        &first_key
+    ));
+}
+
+#[test]
+fn an_invalid_ingress_is_rejected_and_its_last_good_version_serves() {
+    let base = format!("{CLASS}{}", service("a", &["10.0.0.1"]));
+    let good = base.clone()
+        + &ingress(
+            "app",
+            "2024-01-01T00:00:00Z",
+            Some("pylon"),
+            &format!("  rules:\n{}", rule("app.test", "/", "Prefix", "a")),
+        );
+    let bad = base.clone()
+        + &ingress(
+            "app",
+            "2024-01-01T00:00:00Z",
+            Some("pylon"),
+            &format!(
+                "  rules:\n{}{}",
+                rule("app.test", "/", "Prefix", "a"),
+                rule("Bad_Host", "nope", "Prefix", "a")
+            ),
+        );
+    let s = settings("");
+
+    let fresh = translate(&world(&bad), &s, &Snapshot::default());
+    assert_eq!(
+        route(&fresh, Some("app.test"), "/"),
+        "-",
+        "never valid: not served"
+    );
+    assert_eq!(reasons(&fresh), ["invalid_ingress"]);
+    assert!(
+        fresh.problems[0].message.contains("spec.rules[1].host"),
+        "{}",
+        fresh.problems[0].message
+    );
+
+    let first = translate(&world(&good), &s, &Snapshot::default());
+    let second = translate(&world(&bad), &s, &first.snapshot);
+    assert_eq!(
+        route(&second, Some("app.test"), "/"),
+        "a",
+        "last good version serves"
+    );
+    assert!(second.problems[0].message.contains("last good version"));
+
+    let bad_annotation = good.replace(
+        "name: app,",
+        "name: app, annotations: {nginx.ingress.kubernetes.io/proxy-body-size: huge},",
+    );
+    let third = translate(&world(&bad_annotation), &s, &first.snapshot);
+    assert_eq!(reasons(&third), ["invalid_ingress"]);
+    assert!(third.problems[0].message.contains("proxy-body-size"));
+    assert_eq!(route(&third, Some("app.test"), "/"), "a");
+}
+
+#[test]
+fn counters_survive_a_new_snapshot() {
+    let yaml = format!(
+        "{CLASS}{}{}",
+        service("a", &["10.0.0.1"]),
+        ingress(
+            "app",
+            "2024-01-01T00:00:00Z",
+            Some("pylon"),
+            &format!("  rules:\n{}", rule("app.test", "/", "Prefix", "a"))
+        )
+    );
+    let s = settings("");
+    let first = translate(&world(&yaml), &s, &Snapshot::default());
+    let second = translate(&world(&yaml), &s, &first.snapshot);
+    let c1 = &first
+        .snapshot
+        .routes
+        .find(Some("app.test"), "/")
+        .unwrap()
+        .counters;
+    let c2 = &second
+        .snapshot
+        .routes
+        .find(Some("app.test"), "/")
+        .unwrap()
+        .counters;
+    assert!(Arc::ptr_eq(c1, c2));
+    assert_eq!(second.snapshot.generation, 2);
+}
+
+#[test]
+fn missing_tls_secret_and_unsupported_annotations_are_warnings() {
+    let yaml = format!(
+        "{CLASS}{}---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: app\n  annotations: {{nginx.ingress.kubernetes.io/rewrite-target: /}}\nspec:\n  ingressClassName: pylon\n  tls: [{{hosts: [app.test], secretName: nope}}]\n  rules:\n{}",
+        service("a", &["10.0.0.1"]),
+        rule("app.test", "/", "Prefix", "a")
+    );
+    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let mut r = reasons(&t);
+    r.sort();
+    assert_eq!(r, ["ignored_setting", "tls_secret_missing"]);
+    assert!(
+        t.problems
+            .iter()
+            .all(|p| p.severity == crate::problem::Severity::Warning)
+    );
+    // TLS is configured, so plain HTTP is still redirected; the default certificate serves.
+    assert!(
+        t.snapshot
+            .routes
+            .find(Some("app.test"), "/")
+            .unwrap()
+            .policy
+            .redirect_https
+    );
+    assert_eq!(
+        t.snapshot.certs.find(Some("app.test")).unwrap().0,
+        crate::tls::Matched::Default
+    );
+}

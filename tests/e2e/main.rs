@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `pylon` binary, real upstream servers and real HTTP/TLS clients,
+
+#![allow(unreachable_pub)]
+//! all on OS-assigned loopback ports.
+
+mod support;
+
+mod cli;
+mod lifecycle;
+mod limits;
+mod protocols;
+mod reload;
+mod routing;
+mod tls;

@@ -1,0 +1,220 @@
+//! HTTPS: the certificate chosen by SNI (exact, wildcard, default), routing by Host rather than
+//! SNI, and certificates replaced on disk while requests keep flowing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::client::TlsClient;
+use crate::support::pylon::Pylon;
+use crate::support::upstream::Upstream;
+use crate::support::{CLASS, IngressYaml, TestCa, service, tls_secret};
+
+const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_per_sni_exact_wildcard_and_default() {
+    let up = Upstream::start("up");
+    let other = Upstream::start("other");
+    let ca = TestCa::new();
+    let exact = ca.issue(&["secure.test"]);
+    let wild = ca.issue(&["*.wild.test"]);
+    let mut yaml = format!(
+        "{CLASS}{}{}{}{}",
+        service("up", &[up.addr]),
+        service("other", &[other.addr]),
+        tls_secret("exact", &exact),
+        tls_secret("wild", &wild)
+    );
+    yaml += &IngressYaml {
+        tls: &[(&["secure.test"], "exact"), (&["*.wild.test"], "wild")],
+        rules: &[
+            ("secure.test", "/", "Prefix", "up"),
+            ("*.wild.test", "/", "Prefix", "up"),
+            ("other.test", "/", "Prefix", "other"),
+        ],
+        ..Default::default()
+    }
+    .render();
+    let pylon = Pylon::start(&[("all.yaml", &yaml)]);
+    let client = TlsClient::trusting(&ca.pem, H2_H1);
+
+    let (resp, cert) = client
+        .get(pylon.https, "secure.test", "/")
+        .await
+        .expect("verified handshake");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.version, http::Version::HTTP_2, "h2 by ALPN");
+    assert_eq!(cert.serial, exact.serial);
+    assert_eq!(resp.json()["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(resp.json()["version"], "HTTP/1.1", "HTTP/1.1 upstream");
+
+    let (resp, cert) = client
+        .get(pylon.https, "x.wild.test", "/")
+        .await
+        .expect("verified handshake");
+    assert_eq!(resp.status, 200);
+    assert_eq!(cert.serial, wild.serial);
+
+    // Unknown names, names two labels below a wildcard, and no SNI at all get the default
+    // certificate, which a client trusting only the test CA refuses.
+    for sni in ["unknown.test", "a.b.wild.test"] {
+        assert!(
+            client.get(pylon.https, sni, "/").await.is_err(),
+            "{sni} must not verify"
+        );
+    }
+    let insecure = TlsClient::insecure(&[b"http/1.1"]);
+    for sni in ["unknown.test", "127.0.0.1"] {
+        let (_, cert) = insecure.connect(pylon.https, sni).await.expect("handshake");
+        assert_eq!(cert.dns_names, ["pylon-default.invalid"], "{sni}");
+    }
+
+    // Routing follows Host (or :authority), not SNI: one connection, another host.
+    let (resp, cert) = client
+        .request(
+            pylon.https,
+            "secure.test",
+            crate::support::client::get("other.test", "/"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cert.serial, exact.serial);
+    assert_eq!(resp.json()["upstream"], "other");
+
+    let metrics = pylon.metrics();
+    assert!(
+        metrics.contains("pylon_tls_client_hellos_total{certificate=\"wildcard\"}"),
+        "{metrics}"
+    );
+    assert!(
+        pylon.metric("pylon_tls_handshake_failures_total") >= 1.0,
+        "refused handshakes are counted"
+    );
+    assert!(metrics.contains(
+        "pylon_certificate_not_after_timestamp_seconds{namespace=\"default\",secret=\"exact\"}"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_certificate_is_served_without_a_failed_request() {
+    let up = Upstream::start("up");
+    let ca = TestCa::new();
+    let first = ca.issue(&["secure.test"]);
+    let second = ca.issue(&["secure.test"]);
+    let base = format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            tls: &[(&["secure.test"], "secure")],
+            rules: &[("secure.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start(&[
+        ("app.yaml", &base),
+        ("secret.yaml", &tls_secret("secure", &first)),
+    ]);
+    let client = TlsClient::trusting(&ca.pem, H2_H1);
+
+    // A client makes requests back to back, each on a new connection (a new handshake).
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut serials) = tokio::sync::mpsc::unbounded_channel();
+    let load = {
+        let (client, failures, done, stop, addr) = (
+            client.clone(),
+            failures.clone(),
+            done.clone(),
+            stop.clone(),
+            pylon.https,
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(addr, "secure.test", "/").await {
+                    Ok((resp, cert)) if resp.status == 200 => {
+                        let _ = tx.send((Instant::now(), cert.serial));
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replaced_at = Instant::now();
+    pylon.write_manifest("secret.yaml", &tls_secret("secure", &second));
+
+    let mut new_seen_at = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), serials.recv()).await {
+            Ok(Some((at, serial))) if serial == second.serial => {
+                new_seen_at = Some(at);
+                break;
+            }
+            Ok(Some((_, serial))) => assert_eq!(serial, first.serial),
+            _ => {}
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    let seen = new_seen_at.expect("the new certificate was never served");
+    let delay = seen.duration_since(replaced_at);
+    assert!(
+        delay < Duration::from_secs(2),
+        "new certificate served after {delay:?}"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed requests during the swap"
+    );
+    assert!(done.load(Ordering::Relaxed) > 10, "the client kept going");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_secret_leaves_the_previous_certificate_in_service() {
+    let up = Upstream::start("up");
+    let ca = TestCa::new();
+    let good = ca.issue(&["secure.test"]);
+    let other_key = ca.issue(&["secure.test"]);
+    let app = format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            tls: &[(&["secure.test"], "secure")],
+            rules: &[("secure.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start(&[
+        ("app.yaml", &app),
+        ("secret.yaml", &tls_secret("secure", &good)),
+    ]);
+    let client = TlsClient::trusting(&ca.pem, H2_H1);
+
+    // The new Secret's key belongs to another certificate.
+    let mismatched = crate::support::Leaf {
+        key: other_key.key.clone(),
+        ..good.clone()
+    };
+    pylon.write_manifest("secret.yaml", &tls_secret("secure", &mismatched));
+    pylon.eventually(Duration::from_secs(5), "key mismatch reported", || {
+        pylon.stderr().contains("does not match the certificate")
+    });
+    let (resp, cert) = client.get(pylon.https, "secure.test", "/").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(cert.serial, good.serial, "the previous certificate stays");
+    assert!(
+        pylon.metric("pylon_config_rejections_total{kind=\"Secret\",reason=\"key_mismatch\"}")
+            >= 1.0
+    );
+}
