@@ -78,8 +78,8 @@ fn describe(snapshot: &Snapshot, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "{:<32} {:<28} {:<36} {:<24} {}",
-        "HOST", "PATH", "BACKEND", "INGRESS", "POLICY"
+        "{:<32} {:<28} {:<36} {:<24} POLICY",
+        "HOST", "PATH", "BACKEND", "INGRESS"
     );
     let mut row = |host: &str, path: String, route: &crate::routing::Route| {
         let mut policy = Vec::new();

@@ -98,14 +98,16 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     let world = Arc::new(source.world());
     control.apply(&world);
 
-    let mut conf = ServerConf::default();
-    conf.threads = config.proxy.threads;
-    conf.work_stealing = true;
-    conf.upstream_keepalive_pool_size = config.proxy.upstream_keepalive_pool_size;
-    conf.max_retries = config.proxy.connect_retries + 1;
-    // The drain is pylon's: the grace period is its upper bound, ended early when idle.
-    conf.grace_period_seconds = Some(config.shutdown.drain_timeout.as_secs().max(1));
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf = ServerConf {
+        threads: config.proxy.threads,
+        work_stealing: true,
+        upstream_keepalive_pool_size: config.proxy.upstream_keepalive_pool_size,
+        max_retries: config.proxy.connect_retries + 1,
+        // The drain is pylon's: the grace period is its upper bound, ended early when idle.
+        grace_period_seconds: Some(config.shutdown.drain_timeout.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let conf = server.configuration.clone();
 
@@ -126,15 +128,12 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     proxy_service.add_tcp(&config.listen.http.to_string());
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");
-    tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
+    tls.set_cert_resolver(Arc::new(SniResolver::new(published, &metrics)));
     tls.enable_h2();
     proxy_service.add_tls_with_settings(&config.listen.https.to_string(), None, tls);
     server.add_service(proxy_service);
 
-    let mut admin = Service::new(
-        "pylon admin".into(),
-        AdminApp::new(metrics.clone(), health.clone()),
-    );
+    let mut admin = Service::new("pylon admin".into(), AdminApp::new(metrics, health.clone()));
     admin.threads = Some(1);
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);

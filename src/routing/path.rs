@@ -80,9 +80,8 @@ impl PathMatch {
         match self.kind {
             PathKind::Exact => *self.key == *request_path,
             PathKind::Prefix => {
-                let rest = match request_path.strip_prefix(&*self.key) {
-                    Some(rest) => rest,
-                    None => return false,
+                let Some(rest) = request_path.strip_prefix(&*self.key) else {
+                    return false;
                 };
                 rest.is_empty() || rest.starts_with('/') || self.key.is_empty()
             }

@@ -70,6 +70,10 @@ impl std::fmt::Display for ObjectId {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "objects are boxed where they are stored"
+)]
 pub enum Object {
     Ingress(Ingress),
     IngressClass(IngressClass),

@@ -489,7 +489,7 @@ fn an_invalid_ingress_is_rejected_and_its_last_good_version_serves() {
             Some("pylon"),
             &format!("  rules:\n{}", rule("app.test", "/", "Prefix", "a")),
         );
-    let bad = base.clone()
+    let bad = base
         + &ingress(
             "app",
             "2024-01-01T00:00:00Z",
