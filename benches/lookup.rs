@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pylon::routing::{
-    Backend, BackendId, HostPattern, IngressRef, PathKind, PathMatch, Policy, PortRef, Route,
-    RouteTable, RouteTableBuilder,
+    Backend, BackendId, HostPattern, IngressRef, PathKind, PathMatch, Policy, PortRef, Route, RouteTable,
+    RouteTableBuilder,
 };
 use pylon::tls::{CertIndex, CertIndexBuilder};
 
@@ -70,10 +70,7 @@ fn certs(hosts: usize) -> CertIndex {
         } else {
             host(i)
         };
-        let _ = builder.add(
-            &HostPattern::parse(Some(&name)).expect("valid"),
-            cert.key.clone(),
-        );
+        let _ = builder.add(&HostPattern::parse(Some(&name)).expect("valid"), cert.key.clone());
     }
     builder.set_default(cert.key);
     builder.build()

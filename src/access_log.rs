@@ -109,11 +109,7 @@ fn write_lines(rx: Receiver<String>, pending: Arc<AtomicUsize>) {
             let _ = out.write_all(line.as_bytes());
             let _ = out.write_all(b"\n");
             written += 1;
-            next = if written < 1024 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
+            next = if written < 1024 { rx.try_recv().ok() } else { None };
         }
         let _ = out.flush();
         pending.fetch_sub(written, Ordering::Release);

@@ -43,8 +43,7 @@ impl AdminApp {
 
 fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
     let mut r = http::Response::new(body);
-    *r.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }

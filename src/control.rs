@@ -24,12 +24,7 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(
-        settings: Settings,
-        published: Published,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-    ) -> Self {
+    pub fn new(settings: Settings, published: Published, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
         Self {
             settings,
             published,
@@ -107,11 +102,7 @@ impl Control {
     }
 
     /// Applies every new world until the source stops or shutdown begins.
-    pub async fn run(
-        mut self,
-        mut worlds: watch::Receiver<Arc<World>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(mut self, mut worlds: watch::Receiver<Arc<World>>, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 changed = worlds.changed() => {

@@ -105,10 +105,7 @@ mod tests {
             classify("Downstream handshake error from 127.0.0.1:5555: TLSHandshakeFailure"),
             Kind::HandshakeFailure
         );
-        assert_eq!(
-            classify("H2 handshake error Connection reset"),
-            Kind::ClientNoise
-        );
+        assert_eq!(classify("H2 handshake error Connection reset"), Kind::ClientNoise);
         assert_eq!(
             classify("Fail to proxy: Upstream ConnectRefused"),
             Kind::RequestFailure

@@ -112,15 +112,9 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let report = pylon::check::check(&config)?;
     print!("{}", report.text);
-    Ok(
-        if report
-            .problems
-            .iter()
-            .any(|p| p.severity == Severity::Error)
-        {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
+    Ok(if report.problems.iter().any(|p| p.severity == Severity::Error) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::snapshot::Published;
@@ -137,10 +137,8 @@ impl Metrics {
             c
         };
         let histogram = |name: &str, help: &str| {
-            let h = Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+                .expect("valid metric");
             reg(Box::new(h.clone()));
             h
         };
@@ -211,10 +209,7 @@ impl Metrics {
                 "TLS handshakes that failed or timed out",
             ),
             certificate_not_after,
-            config_reloads: counter(
-                "pylon_config_reloads_total",
-                "Configuration snapshots published",
-            ),
+            config_reloads: counter("pylon_config_reloads_total", "Configuration snapshots published"),
             config_last_reload,
             rejections: counter_vec(
                 "pylon_config_rejections_total",
@@ -273,11 +268,7 @@ const ROUTE_LABELS: [&str; 3] = ["namespace", "ingress", "service"];
 impl RouteCounters {
     fn descs() -> Vec<Desc> {
         let desc = |name: &str, help: &str, extra: &[&str]| {
-            let labels = ROUTE_LABELS
-                .iter()
-                .chain(extra)
-                .map(|s| s.to_string())
-                .collect();
+            let labels = ROUTE_LABELS.iter().chain(extra).map(|s| s.to_string()).collect();
             Desc::new(name.into(), help.into(), labels, Default::default()).expect("valid metric")
         };
         vec![
@@ -300,16 +291,12 @@ impl Collector for RouteCounters {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut labels = ROUTE_LABELS.to_vec();
         labels.extend(["method", "status"]);
-        let requests = IntCounterVec::new(Opts::new(REQUESTS, &self.descs[0].help), &labels)
+        let requests =
+            IntCounterVec::new(Opts::new(REQUESTS, &self.descs[0].help), &labels).expect("valid metric");
+        let bytes_in = IntCounterVec::new(Opts::new(REQUEST_BYTES, &self.descs[1].help), &ROUTE_LABELS)
             .expect("valid metric");
-        let bytes_in =
-            IntCounterVec::new(Opts::new(REQUEST_BYTES, &self.descs[1].help), &ROUTE_LABELS)
-                .expect("valid metric");
-        let bytes_out = IntCounterVec::new(
-            Opts::new(RESPONSE_BYTES, &self.descs[2].help),
-            &ROUTE_LABELS,
-        )
-        .expect("valid metric");
+        let bytes_out = IntCounterVec::new(Opts::new(RESPONSE_BYTES, &self.descs[2].help), &ROUTE_LABELS)
+            .expect("valid metric");
         let snapshot = self.published.load();
         let unrouted_key = CounterKey {
             namespace: "".into(),
@@ -360,13 +347,13 @@ mod tests {
             .record(&http::Method::from_bytes(b"BREW").unwrap(), 0, 3, 0);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(
-            text.contains(r#"pylon_requests_total{ingress="",method="GET",namespace="",service="",status="4xx"} 1"#),
+            text.contains(
+                r#"pylon_requests_total{ingress="",method="GET",namespace="",service="",status="4xx"} 1"#
+            ),
             "{text}"
         );
         assert!(text.contains(r#"method="OTHER""#), "{text}");
-        assert!(
-            text.contains(r#"pylon_response_bytes_total{ingress="",namespace="",service=""} 9"#)
-        );
+        assert!(text.contains(r#"pylon_response_bytes_total{ingress="",namespace="",service=""} 9"#));
         assert!(text.contains("pylon_build_info"));
     }
 }

@@ -91,12 +91,6 @@ impl Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}",
-            self.severity.label(),
-            self.subject,
-            self.message
-        )
+        write!(f, "{}: {}: {}", self.severity.label(), self.subject, self.message)
     }
 }

@@ -16,9 +16,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{
-    ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
-};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
@@ -192,9 +190,9 @@ impl BackgroundService for ControlTask {
     async fn start(&self, shutdown: ShutdownWatch) {
         let parts = self.0.lock().ok().and_then(|mut p| p.take());
         let Some(p) = parts else { return };
-        let watch_source =
-            p.source
-                .run(p.worlds_tx, p.debounce, p.rescan_interval, shutdown.clone());
+        let watch_source = p
+            .source
+            .run(p.worlds_tx, p.debounce, p.rescan_interval, shutdown.clone());
         tokio::join!(watch_source, p.control.run(p.worlds_rx, shutdown));
     }
 }
@@ -210,10 +208,8 @@ struct Signals {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             warn!("cannot install signal handlers");
             return std::future::pending().await;
         };

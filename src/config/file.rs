@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, Listen, LogConfig, LogFormat,
-    Manifests, Overrides, ProxyConfig, Shutdown,
+    ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, Listen, LogConfig, LogFormat, Manifests,
+    Overrides, ProxyConfig, Shutdown,
 };
 
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
@@ -130,9 +130,7 @@ impl Check {
                 field,
                 format!("{raw:?} is not an address like 127.0.0.1:8080 or [::]:443"),
             );
-            default
-                .parse()
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+            default.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
         })
     }
 
@@ -141,21 +139,13 @@ impl Check {
         match humantime::parse_duration(raw) {
             Ok(d) => d,
             Err(e) => {
-                self.fail(
-                    field,
-                    format!("{raw:?} is not a duration like 5s or 200ms: {e}"),
-                );
+                self.fail(field, format!("{raw:?} is not a duration like 5s or 200ms: {e}"));
                 default
             }
         }
     }
 
-    fn positive_duration(
-        &mut self,
-        field: &str,
-        value: Option<&str>,
-        default: Duration,
-    ) -> Duration {
+    fn positive_duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
         let d = self.duration(field, value, default);
         if d.is_zero() {
             self.fail(field, "must be greater than zero");
@@ -164,13 +154,7 @@ impl Check {
         d
     }
 
-    fn count(
-        &mut self,
-        field: &str,
-        value: Option<i64>,
-        default: usize,
-        range: (usize, usize),
-    ) -> usize {
+    fn count(&mut self, field: &str, value: Option<i64>, default: usize, range: (usize, usize)) -> usize {
         let Some(v) = value else { return default };
         match usize::try_from(v) {
             Ok(v) if v >= range.0 && v <= range.1 => v,
@@ -188,26 +172,17 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
     let listen = Listen {
         http: c.addr(
             "listen.http",
-            overrides
-                .http_listen
-                .as_deref()
-                .or(file.listen.http.as_deref()),
+            overrides.http_listen.as_deref().or(file.listen.http.as_deref()),
             DEFAULT_HTTP_LISTEN,
         ),
         https: c.addr(
             "listen.https",
-            overrides
-                .https_listen
-                .as_deref()
-                .or(file.listen.https.as_deref()),
+            overrides.https_listen.as_deref().or(file.listen.https.as_deref()),
             DEFAULT_HTTPS_LISTEN,
         ),
         admin: c.addr(
             "listen.admin",
-            overrides
-                .admin_listen
-                .as_deref()
-                .or(file.listen.admin.as_deref()),
+            overrides.admin_listen.as_deref().or(file.listen.admin.as_deref()),
             DEFAULT_ADMIN_LISTEN,
         ),
     };
@@ -262,10 +237,7 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
         None | Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
         Some(other) => {
-            c.fail(
-                "log.format",
-                format!("{other:?} is not \"json\" or \"text\""),
-            );
+            c.fail("log.format", format!("{other:?} is not \"json\" or \"text\""));
             LogFormat::Json
         }
     };
@@ -294,9 +266,7 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
 }
 
 fn build_ingress(c: &mut Check, file: IngressFile) -> IngressConfig {
-    let controller = file
-        .controller
-        .unwrap_or_else(|| DEFAULT_CONTROLLER.to_owned());
+    let controller = file.controller.unwrap_or_else(|| DEFAULT_CONTROLLER.to_owned());
     if !is_controller_name(&controller) {
         c.fail(
             "ingress.controller",
@@ -314,16 +284,10 @@ fn build_ingress(c: &mut Check, file: IngressFile) -> IngressConfig {
     }
     let https_redirect_port = match file.https_redirect_port {
         None => 443,
-        Some(p) => u16::try_from(p)
-            .ok()
-            .filter(|p| *p != 0)
-            .unwrap_or_else(|| {
-                c.fail(
-                    "ingress.https-redirect-port",
-                    format!("{p} is not a port number"),
-                );
-                443
-            }),
+        Some(p) => u16::try_from(p).ok().filter(|p| *p != 0).unwrap_or_else(|| {
+            c.fail("ingress.https-redirect-port", format!("{p} is not a port number"));
+            443
+        }),
     };
     let default_certificate = match file.default_certificate.as_deref() {
         None | Some("") => None,
@@ -448,10 +412,7 @@ mod tests {
     use super::*;
 
     fn build_str(text: &str) -> Result<Config, Vec<FieldError>> {
-        build(
-            FileConfig::parse(text).expect("toml"),
-            &Overrides::default(),
-        )
+        build(FileConfig::parse(text).expect("toml"), &Overrides::default())
     }
 
     #[test]
@@ -503,8 +464,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file =
-            FileConfig::parse("[listen]\nhttp = \"127.0.0.1:1\"\n[manifests]\ndirs = [\"a\"]")
-                .expect("toml");
+            FileConfig::parse("[listen]\nhttp = \"127.0.0.1:1\"\n[manifests]\ndirs = [\"a\"]").expect("toml");
         let overrides = Overrides {
             manifests: vec!["b".into(), "c".into()],
             http_listen: Some("127.0.0.1:2".into()),
@@ -517,8 +477,8 @@ mod tests {
 
     #[test]
     fn admin_must_not_share_a_traffic_port() {
-        let errors = build_str("[listen]\nhttp = \"127.0.0.1:80\"\nadmin = \"127.0.0.1:80\"")
-            .expect_err("clash");
+        let errors =
+            build_str("[listen]\nhttp = \"127.0.0.1:80\"\nadmin = \"127.0.0.1:80\"").expect_err("clash");
         assert_eq!(errors[0].field, "listen.admin");
     }
 }

@@ -23,10 +23,7 @@ pub(super) fn authority(req: &RequestHeader) -> Option<&[u8]> {
 }
 
 /// The normalised host to route by, in `buf`.
-pub(super) fn routing_host<'b>(
-    req: &RequestHeader,
-    buf: &'b mut [u8; MAX_HOST_LEN],
-) -> Option<&'b str> {
+pub(super) fn routing_host<'b>(req: &RequestHeader, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
     authority(req).and_then(|raw| normalize_request_host(raw, buf))
 }
 

@@ -135,23 +135,13 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     for name in nominated {
         resp.remove_header(&name);
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-    ] {
+    for name in ["connection", "keep-alive", "proxy-connection", "te", "upgrade"] {
         resp.remove_header(name);
     }
 }
 
 fn tls_info(digest: Option<&Digest>) -> Option<&ConnectionInfo> {
-    digest?
-        .ssl_digest
-        .as_ref()?
-        .extension
-        .get::<ConnectionInfo>()
+    digest?.ssl_digest.as_ref()?.extension.get::<ConnectionInfo>()
 }
 
 #[async_trait]
@@ -199,9 +189,7 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         ctx.request_id = Some(match req.headers.get(X_REQUEST_ID) {
-            Some(v) if usable_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
+            Some(v) if usable_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
             _ => new_request_id(),
         });
 
@@ -226,20 +214,10 @@ impl ProxyHttp for Proxy {
 
         if !ctx.tls
             && policy.redirect_https
-            && !session
-                .req_header()
-                .uri
-                .path()
-                .starts_with(ACME_CHALLENGE_PREFIX)
+            && !session.req_header().uri.path().starts_with(ACME_CHALLENGE_PREFIX)
         {
             if let Some(location) = self.redirect_location(session.req_header()) {
-                respond::text(
-                    session,
-                    308,
-                    "308 permanent redirect to HTTPS",
-                    Some(&location),
-                )
-                .await?;
+                respond::text(session, 308, "308 permanent redirect to HTTPS", Some(&location)).await?;
                 return Ok(true);
             }
         }
@@ -279,10 +257,7 @@ impl ProxyHttp for Proxy {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_limit > 0 && ctx.body_bytes > ctx.body_limit {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body larger than the limit",
-                );
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body larger than the limit");
             }
         }
         Ok(())
@@ -302,11 +277,7 @@ impl ProxyHttp for Proxy {
         let policy = &route.policy;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let options = &mut peer.options;
-        options.connection_timeout = Some(
-            policy
-                .connect_timeout
-                .unwrap_or(self.config.connect_timeout),
-        );
+        options.connection_timeout = Some(policy.connect_timeout.unwrap_or(self.config.connect_timeout));
         options.read_timeout = Some(policy.read_timeout.unwrap_or(self.config.read_timeout));
         options.write_timeout = Some(policy.write_timeout.unwrap_or(self.config.write_timeout));
         options.idle_timeout = Some(self.config.upstream_idle_timeout);
@@ -359,11 +330,7 @@ impl ProxyHttp for Proxy {
                 upstream.remove_header(X_FORWARDED_HOST);
             }
         }
-        if let Some(port) = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.port())
-        {
+        if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
             upstream.insert_header(X_FORWARDED_PORT, port.to_string())?;
         }
         if let Some(id) = &ctx.request_id {
@@ -383,9 +350,7 @@ impl ProxyHttp for Proxy {
         if let Some(start) = ctx.upstream_start {
             let elapsed = start.elapsed();
             ctx.upstream_duration = Some(elapsed);
-            self.metrics
-                .upstream_duration
-                .observe(elapsed.as_secs_f64());
+            self.metrics.upstream_duration.observe(elapsed.as_secs_f64());
         }
         Ok(())
     }
@@ -463,10 +428,7 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         let bytes_out = session.body_bytes_sent() as u64;
         let bytes_in = session.body_bytes_read() as u64;
-        let counters = ctx
-            .route
-            .as_ref()
-            .map_or(&self.metrics.unrouted, |r| &r.counters);
+        let counters = ctx.route.as_ref().map_or(&self.metrics.unrouted, |r| &r.counters);
         counters.record(&req.method, status, bytes_in, bytes_out);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
 

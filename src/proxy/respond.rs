@@ -20,9 +20,7 @@ pub(super) async fn text(
         header.insert_header(http::header::LOCATION, location)?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
+    session.write_response_header(Box::new(header), head_only).await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }

@@ -68,9 +68,7 @@ impl Backend {
     pub fn new(id: BackendId, mut endpoints: Vec<SocketAddr>) -> Self {
         endpoints.sort_unstable();
         endpoints.dedup();
-        let unavailable = endpoints
-            .is_empty()
-            .then_some(Unavailable::NoReadyEndpoints);
+        let unavailable = endpoints.is_empty().then_some(Unavailable::NoReadyEndpoints);
         Self {
             id,
             endpoints: endpoints.into_boxed_slice(),
@@ -137,10 +135,7 @@ mod tests {
     #[test]
     fn empty_backend_is_unavailable() {
         let backend = Backend::new(id(), vec![]);
-        assert_eq!(
-            backend.why_unavailable(),
-            Some(Unavailable::NoReadyEndpoints)
-        );
+        assert_eq!(backend.why_unavailable(), Some(Unavailable::NoReadyEndpoints));
         assert_eq!(backend.pick(&[]), None);
     }
 }

@@ -169,15 +169,9 @@ mod tests {
             HostPattern::parse(Some("App.example.com")),
             Err(HostError::BadLabel("App".into()))
         );
-        assert_eq!(
-            HostPattern::parse(Some("a.*.com")),
-            Err(HostError::BadWildcard)
-        );
+        assert_eq!(HostPattern::parse(Some("a.*.com")), Err(HostError::BadWildcard));
         assert_eq!(HostPattern::parse(Some("*")), Err(HostError::BadWildcard));
-        assert_eq!(
-            HostPattern::parse(Some("10.0.0.1")),
-            Err(HostError::IpAddress)
-        );
+        assert_eq!(HostPattern::parse(Some("10.0.0.1")), Err(HostError::IpAddress));
         assert!(HostPattern::parse(Some("a..b")).is_err());
         assert!(HostPattern::parse(Some("-a.b")).is_err());
     }

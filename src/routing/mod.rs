@@ -94,20 +94,13 @@ mod tests {
         let host_rules: Vec<_> = {
             let exact: Vec<_> = rules
                 .iter()
-                .filter(|(h, ..)| {
-                    matches!(h, HostPattern::Exact(_)) && host.is_some_and(|x| h.matches(x))
-                })
+                .filter(|(h, ..)| matches!(h, HostPattern::Exact(_)) && host.is_some_and(|x| h.matches(x)))
                 .collect();
             let wildcard: Vec<_> = rules
                 .iter()
-                .filter(|(h, ..)| {
-                    matches!(h, HostPattern::Wildcard(_)) && host.is_some_and(|x| h.matches(x))
-                })
+                .filter(|(h, ..)| matches!(h, HostPattern::Wildcard(_)) && host.is_some_and(|x| h.matches(x)))
                 .collect();
-            let any: Vec<_> = rules
-                .iter()
-                .filter(|(h, ..)| *h == HostPattern::Any)
-                .collect();
+            let any: Vec<_> = rules.iter().filter(|(h, ..)| *h == HostPattern::Any).collect();
             if !exact.is_empty() {
                 exact
             } else if !wildcard.is_empty() {
@@ -154,11 +147,7 @@ mod tests {
                 if slash && !segs.is_empty() {
                     p.push('/');
                 }
-                let kind = if exact {
-                    PathKind::Exact
-                } else {
-                    PathKind::Prefix
-                };
+                let kind = if exact { PathKind::Exact } else { PathKind::Prefix };
                 PathMatch::parse(kind, Some(&p)).unwrap()
             })
     }
@@ -176,14 +165,13 @@ mod tests {
                 "other.org",
             ]),
         );
-        let path =
-            (prop::collection::vec(segment(), 0..5), prop::bool::ANY).prop_map(|(segs, slash)| {
-                let mut p = format!("/{}", segs.join("/"));
-                if slash && !segs.is_empty() {
-                    p.push('/');
-                }
-                p
-            });
+        let path = (prop::collection::vec(segment(), 0..5), prop::bool::ANY).prop_map(|(segs, slash)| {
+            let mut p = format!("/{}", segs.join("/"));
+            if slash && !segs.is_empty() {
+                p.push('/');
+            }
+            p
+        });
         (host, path)
     }
 

@@ -158,12 +158,7 @@ pub struct RouteTableBuilder {
 
 impl RouteTableBuilder {
     /// Adds a route, or returns the route already holding this host and path.
-    pub fn add(
-        &mut self,
-        host: &HostPattern,
-        path: &PathMatch,
-        route: Arc<Route>,
-    ) -> Result<(), Arc<Route>> {
+    pub fn add(&mut self, host: &HostPattern, path: &PathMatch, route: Arc<Route>) -> Result<(), Arc<Route>> {
         let routes = match host {
             HostPattern::Exact(h) => self.table.exact.entry(h.as_str().into()).or_default(),
             HostPattern::Wildcard(p) => self.table.wildcard.entry(p.as_str().into()).or_default(),

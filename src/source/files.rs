@@ -249,10 +249,7 @@ fn read_file(path: &Path, stamp: (SystemTime, u64), previous: Option<FileState>)
                     problems.push(Problem::warning(
                         subject(&id),
                         "unknown_field",
-                        format!(
-                            "unknown field {field} (in {}); it is ignored",
-                            path.display()
-                        ),
+                        format!("unknown field {field} (in {}); it is ignored", path.display()),
                     ));
                 }
                 objects.insert(id, Arc::new(*object));

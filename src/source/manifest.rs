@@ -150,10 +150,7 @@ fn read_value(index: usize, value: Value, docs: &mut Vec<Document>) {
     };
     let meta = map.get("metadata");
     let meta_str = |name: &str| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
-    let Some(name) = meta_str("name")
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-    else {
+    let Some(name) = meta_str("name").filter(|n| !n.is_empty()).map(str::to_owned) else {
         docs.push(Document::Unidentified {
             index,
             reason: format!("{kind_name} has no metadata.name"),

@@ -29,9 +29,7 @@ impl Error {
     /// A short, bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::NoCertificate | Self::CertificatePem(_) | Self::CertificateDer(_) => {
-                "bad_certificate"
-            }
+            Self::NoCertificate | Self::CertificatePem(_) | Self::CertificateDer(_) => "bad_certificate",
             Self::NoKey | Self::Key(_) => "bad_key",
             Self::KeyMismatch => "key_mismatch",
         }
@@ -58,8 +56,7 @@ impl Certificate {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::CertificatePem(e.to_string()))?;
         let leaf = chain.first().ok_or(Error::NoCertificate)?;
-        let (_, x509) =
-            X509Certificate::from_der(leaf).map_err(|e| Error::CertificateDer(e.to_string()))?;
+        let (_, x509) = X509Certificate::from_der(leaf).map_err(|e| Error::CertificateDer(e.to_string()))?;
         let not_after = x509.validity().not_after.timestamp();
         let serial = x509.raw_serial_as_string().replace(':', "");
         let dns_names = match x509.subject_alternative_name() {
@@ -99,12 +96,10 @@ impl Certificate {
 
     /// Whether the leaf's subjectAltName covers `host` (exactly or by a `*.` wildcard).
     pub fn covers(&self, host: &str) -> bool {
-        self.dns_names
-            .iter()
-            .any(|name| match name.strip_prefix("*.") {
-                Some(parent) => crate::routing::host::parent(host) == Some(parent),
-                None => name == host,
-            })
+        self.dns_names.iter().any(|name| match name.strip_prefix("*.") {
+            Some(parent) => crate::routing::host::parent(host) == Some(parent),
+            None => name == host,
+        })
     }
 }
 
@@ -138,8 +133,7 @@ mod tests {
     fn pair(names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let cert = params.self_signed(&key).unwrap();
         (cert.pem(), key.serialize_pem())
     }

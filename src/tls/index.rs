@@ -75,11 +75,7 @@ pub struct CertIndexBuilder {
 impl CertIndexBuilder {
     /// Adds `key` for `name`; returns the key already there, if any. Host-less patterns are
     /// ignored: a certificate needs a name.
-    pub fn add(
-        &mut self,
-        name: &HostPattern,
-        key: Arc<CertifiedKey>,
-    ) -> Result<(), Arc<CertifiedKey>> {
+    pub fn add(&mut self, name: &HostPattern, key: Arc<CertifiedKey>) -> Result<(), Arc<CertifiedKey>> {
         let (map, name) = match name {
             HostPattern::Exact(h) => (&mut self.index.exact, h.as_str()),
             HostPattern::Wildcard(p) => (&mut self.index.wildcard, p.as_str()),

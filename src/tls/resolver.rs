@@ -88,15 +88,9 @@ impl HandshakeCallbacks {
 
 #[async_trait]
 impl TlsAccept for HandshakeCallbacks {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn Any + Send + Sync>> {
+    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
         let version = tls.version().unwrap_or("unknown");
-        self.metrics
-            .tls_handshakes
-            .with_label_values(&[version])
-            .inc();
+        self.metrics.tls_handshakes.with_label_values(&[version]).inc();
         Some(Arc::new(ConnectionInfo {
             server_name: tls.server_name().map(Into::into),
             version,

@@ -149,9 +149,8 @@ fn nginx(name: &str, key: &str, value: &str, out: &mut Parsed) {
             Ok(())
         }
         n if NOT_YET.contains(&n) => {
-            out.notes.push(format!(
-                "annotation {key} is not supported yet; it is ignored"
-            ));
+            out.notes
+                .push(format!("annotation {key} is not supported yet; it is ignored"));
             Ok(())
         }
         _ => {
@@ -161,8 +160,7 @@ fn nginx(name: &str, key: &str, value: &str, out: &mut Parsed) {
         }
     };
     if let Err(reason) = result {
-        out.errors
-            .push(format!("annotation {key}: {value:?} {reason}"));
+        out.errors.push(format!("annotation {key}: {value:?} {reason}"));
     }
 }
 

@@ -70,9 +70,7 @@ impl<'w> Backends<'w> {
             if self.reported.insert((ingress.clone(), id.clone())) {
                 let (reason, what) = match why {
                     Unavailable::ServiceMissing => ("service_missing", "Service not found"),
-                    Unavailable::PortMissing => {
-                        ("service_port_missing", "the Service has no such port")
-                    }
+                    Unavailable::PortMissing => ("service_port_missing", "the Service has no such port"),
                     Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
                     Unavailable::ExternalNameUnsupported => (
                         "external_name_unsupported",
@@ -123,11 +121,7 @@ impl<'w> Backends<'w> {
             let Some(target) = target else { continue };
             for endpoint in &slice.endpoints {
                 // A missing `ready` condition means ready (EndpointSlice API).
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
+                let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 if !ready {
                     continue;
                 }

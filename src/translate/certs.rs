@@ -78,11 +78,7 @@ impl<'a> Certs<'a> {
         self.certificate(secret, problems)
     }
 
-    fn certificate(
-        &mut self,
-        key: &ObjectKey,
-        problems: &mut Vec<Problem>,
-    ) -> Option<Arc<Certificate>> {
+    fn certificate(&mut self, key: &ObjectKey, problems: &mut Vec<Problem>) -> Option<Arc<Certificate>> {
         if !self.next.contains_key(key) {
             let memo = self.parse(key, problems);
             if let Some(cert) = memo.parsed.as_ref().ok().or(memo.last_good.as_ref()) {
@@ -94,11 +90,7 @@ impl<'a> Certs<'a> {
             self.next.insert(key.clone(), memo);
         }
         let memo = &self.next[key];
-        memo.parsed
-            .as_ref()
-            .ok()
-            .or(memo.last_good.as_ref())
-            .cloned()
+        memo.parsed.as_ref().ok().or(memo.last_good.as_ref()).cloned()
     }
 
     fn parse(&self, key: &ObjectKey, problems: &mut Vec<Problem>) -> CertMemo {
@@ -132,11 +124,7 @@ impl<'a> Certs<'a> {
             } else {
                 "; its hosts get the default certificate"
             };
-            problems.push(Problem::error(
-                subject,
-                e.metric_label(),
-                format!("{e}{tail}"),
-            ));
+            problems.push(Problem::error(subject, e.metric_label(), format!("{e}{tail}")));
         } else if let Ok(cert) = &memo.parsed {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

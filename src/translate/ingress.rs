@@ -179,9 +179,7 @@ pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<St
 
 fn backend(b: &IngressBackend, field: &str, errors: &mut Vec<String>) -> Option<ServiceRef> {
     if b.resource.is_some() {
-        errors.push(format!(
-            "{field}.resource: resource backends are not supported"
-        ));
+        errors.push(format!("{field}.resource: resource backends are not supported"));
         return None;
     }
     let Some(service) = &b.service else {
@@ -203,9 +201,7 @@ fn backend(b: &IngressBackend, field: &str, errors: &mut Vec<String>) -> Option<
             },
             (None, Some(name)) if !name.is_empty() => PortRef::Name(name.into()),
             (Some(_), Some(_)) => {
-                errors.push(format!(
-                    "{field}.service.port: set number or name, not both"
-                ));
+                errors.push(format!("{field}.service.port: set number or name, not both"));
                 return None;
             }
             _ => {

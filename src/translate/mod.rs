@@ -141,10 +141,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
         .default_certificate
         .as_ref()
         .and_then(|key| certs.load_default(key, &mut problems))
-        .map_or_else(
-            || settings.fallback_certificate.key.clone(),
-            |c| c.key.clone(),
-        );
+        .map_or_else(|| settings.fallback_certificate.key.clone(), |c| c.key.clone());
     index.set_default(default_key);
 
     // Routes, oldest Ingress first: the first route for a host and path wins.

@@ -166,12 +166,7 @@ fn classes_decide_which_ingresses_are_served() {
     let mut yaml = String::from(CLASS);
     yaml += &service("a", &["10.0.0.1"]);
     yaml += "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: other}\nspec: {controller: example.com/other}\n";
-    yaml += &ingress(
-        "ours",
-        "2024-01-01T00:00:00Z",
-        Some("pylon"),
-        &body("ours.test"),
-    );
+    yaml += &ingress("ours", "2024-01-01T00:00:00Z", Some("pylon"), &body("ours.test"));
     yaml += &ingress(
         "theirs",
         "2024-01-01T00:00:00Z",
@@ -301,14 +296,7 @@ spec: {ports: [{name: web, port: 8000}]}
         ),
     );
     let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
-    let backend = |host: &str| {
-        t.snapshot
-            .routes
-            .find(Some(host), "/")
-            .unwrap()
-            .backend
-            .clone()
-    };
+    let backend = |host: &str| t.snapshot.routes.find(Some(host), "/").unwrap().backend.clone();
     let up: Vec<String> = backend("up.test")
         .endpoints()
         .iter()
@@ -316,14 +304,8 @@ spec: {ports: [{name: web, port: 8000}]}
         .collect();
     assert_eq!(up, ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.4:8080"]);
     use crate::routing::Unavailable::*;
-    assert_eq!(
-        backend("down.test").why_unavailable(),
-        Some(NoReadyEndpoints)
-    );
-    assert_eq!(
-        backend("missing.test").why_unavailable(),
-        Some(ServiceMissing)
-    );
+    assert_eq!(backend("down.test").why_unavailable(), Some(NoReadyEndpoints));
+    assert_eq!(backend("missing.test").why_unavailable(), Some(ServiceMissing));
     assert_eq!(backend("badport.test").why_unavailable(), Some(PortMissing));
     assert_eq!(backend("named.test").why_unavailable(), Some(PortMissing));
     let mut r = reasons(&t);
@@ -360,11 +342,10 @@ spec: {ports: [{name: web, port: 8000}]}
 
 fn tls_secret(name: &str, hosts: &[&str]) -> String {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert =
-        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+    let cert = rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     let indent = |s: String| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
     format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
@@ -417,14 +398,8 @@ fn tls_hosts_get_certificates_and_redirects() {
     use crate::tls::Matched;
     let certs = &t.snapshot.certs;
     assert_eq!(certs.find(Some("secure.test")).unwrap().0, Matched::Exact);
-    assert_eq!(
-        certs.find(Some("y.wild.test")).unwrap().0,
-        Matched::Wildcard
-    );
-    assert_eq!(
-        certs.find(Some("a.b.wild.test")).unwrap().0,
-        Matched::Default
-    );
+    assert_eq!(certs.find(Some("y.wild.test")).unwrap().0, Matched::Wildcard);
+    assert_eq!(certs.find(Some("a.b.wild.test")).unwrap().0, Matched::Default);
     assert_eq!(certs.find(None).unwrap().0, Matched::Default);
     assert_eq!(t.certificates.len(), 2);
     // opt-out.test uses a certificate for secure.test: served, but reported.
@@ -449,13 +424,7 @@ fn a_broken_secret_keeps_the_previous_certificate() {
     );
     let s = settings("");
     let first = translate(&world(&good), &s, &Snapshot::default());
-    let first_key = first
-        .snapshot
-        .certs
-        .find(Some("secure.test"))
-        .unwrap()
-        .1
-        .clone();
+    let first_key = first.snapshot.certs.find(Some("secure.test")).unwrap().1.clone();
 
     let broken = good
         .replace("BEGIN PRIVATE KEY", "BEGIN NONSENSE")

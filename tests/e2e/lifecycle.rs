@@ -30,18 +30,12 @@ async fn health_metrics_and_access_log() {
 
     for _ in 0..3 {
         assert_eq!(
-            http_get(pylon.http, "app.test", "/hello")
-                .await
-                .unwrap()
-                .status,
+            http_get(pylon.http, "app.test", "/hello").await.unwrap().status,
             200
         );
     }
     assert_eq!(
-        http_get(pylon.http, "nowhere.test", "/")
-            .await
-            .unwrap()
-            .status,
+        http_get(pylon.http, "nowhere.test", "/").await.unwrap().status,
         404
     );
 
@@ -67,10 +61,7 @@ async fn health_metrics_and_access_log() {
 
     // The traffic listeners do not serve the admin endpoints.
     assert_eq!(
-        http_get(pylon.http, "app.test", "/metrics")
-            .await
-            .unwrap()
-            .json()["upstream"],
+        http_get(pylon.http, "app.test", "/metrics").await.unwrap().json()["upstream"],
         "up"
     );
 
@@ -126,10 +117,7 @@ async fn sigterm_fails_readiness_then_drains_in_flight_requests() {
         .wait(Duration::from_secs(15))
         .expect("pylon exits after the drain");
     assert!(status.success(), "exit status {status}");
-    let resp = slow
-        .await
-        .unwrap()
-        .expect("the in-flight request completed");
+    let resp = slow.await.unwrap().expect("the in-flight request completed");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json()["path"], "/slow");
     let took = started.elapsed();
@@ -137,8 +125,5 @@ async fn sigterm_fails_readiness_then_drains_in_flight_requests() {
         took < Duration::from_secs(9),
         "exited when drained, not after the whole timeout: {took:?}"
     );
-    assert!(
-        http_get(http, "app.test", "/").await.is_err(),
-        "listener closed"
-    );
+    assert!(http_get(http, "app.test", "/").await.is_err(), "listener closed");
 }

@@ -8,12 +8,7 @@ use crate::support::pylon::{Options, Pylon};
 use crate::support::upstream::Upstream;
 use crate::support::{CLASS, IngressYaml, service};
 
-fn request(
-    host: &str,
-    header_bytes: usize,
-    body: Vec<u8>,
-    chunked: bool,
-) -> http::Request<Full<Bytes>> {
+fn request(host: &str, header_bytes: usize, body: Vec<u8>, chunked: bool) -> http::Request<Full<Bytes>> {
     let mut b = http::Request::post("/upload").header("host", host);
     if header_bytes > 0 {
         b = b.header("x-big", "a".repeat(header_bytes));
@@ -50,9 +45,8 @@ async fn oversized_headers_and_bodies_are_refused() {
     let pylon = Pylon::start_with(
         &[("all.yaml", &yaml)],
         Options {
-            extra_config:
-                "[proxy]\nmax-request-header-size = \"8k\"\nmax-request-body-size = \"16k\"\n"
-                    .into(),
+            extra_config: "[proxy]\nmax-request-header-size = \"8k\"\nmax-request-body-size = \"16k\"\n"
+                .into(),
         },
     );
 
@@ -65,20 +59,14 @@ async fn oversized_headers_and_bodies_are_refused() {
         .unwrap();
     assert_eq!(resp.status, 431);
 
-    let resp = http(
-        pylon.http,
-        request("app.test", 0, vec![b'x'; 10_000], false),
-    )
-    .await
-    .unwrap();
+    let resp = http(pylon.http, request("app.test", 0, vec![b'x'; 10_000], false))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json()["body_len"], 10_000);
-    let resp = http(
-        pylon.http,
-        request("app.test", 0, vec![b'x'; 20_000], false),
-    )
-    .await
-    .unwrap();
+    let resp = http(pylon.http, request("app.test", 0, vec![b'x'; 20_000], false))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 413, "declared length over the limit");
     let hits = up.hits();
     let resp = http(pylon.http, request("app.test", 0, vec![b'x'; 20_000], true))
@@ -86,19 +74,13 @@ async fn oversized_headers_and_bodies_are_refused() {
         .unwrap();
     assert_eq!(resp.status, 413, "chunked body over the limit");
 
-    let resp = http(
-        pylon.http,
-        request("uploads.test", 0, vec![b'x'; 40_000], false),
-    )
-    .await
-    .unwrap();
+    let resp = http(pylon.http, request("uploads.test", 0, vec![b'x'; 40_000], false))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200, "the annotation raises the limit");
-    let resp = http(
-        pylon.http,
-        request("uploads.test", 0, vec![b'x'; 70_000], false),
-    )
-    .await
-    .unwrap();
+    let resp = http(pylon.http, request("uploads.test", 0, vec![b'x'; 70_000], false))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 413);
     let resp = http(
         pylon.http,

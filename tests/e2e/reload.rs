@@ -37,11 +37,7 @@ async fn wait_for(pylon: &Pylon, host: &str, path: &str, want: &str) {
 async fn adding_and_removing_an_ingress_file_changes_routing() {
     let a = Upstream::start("a");
     let b = Upstream::start("b");
-    let base = format!(
-        "{CLASS}{}{}",
-        service("a", &[a.addr]),
-        service("b", &[b.addr])
-    );
+    let base = format!("{CLASS}{}{}", service("a", &[a.addr]), service("b", &[b.addr]));
     let first = IngressYaml {
         name: "first",
         rules: &[("one.test", "/", "Prefix", "a")],
@@ -78,10 +74,7 @@ async fn changing_an_endpoint_slice_moves_traffic() {
     }
     .render();
     let pylon = Pylon::start(&[
-        (
-            "app.yaml",
-            &format!("{CLASS}{ingress}{}", service("svc", &[])),
-        ),
+        ("app.yaml", &format!("{CLASS}{ingress}{}", service("svc", &[]))),
         ("slice.yaml", &endpoint_slice("svc-1", "svc", a.addr, true)),
     ]);
     assert_eq!(upstream_of(&pylon, "app.test", "/").await, "a");
@@ -127,12 +120,9 @@ async fn broken_manifests_leave_other_routes_serving() {
     assert_eq!(upstream_of(&pylon, "three.test", "/").await, "404");
     assert_eq!(upstream_of(&pylon, "one.test", "/").await, "a");
     assert!(
-        pylon.metric("pylon_config_rejections_total{kind=\"Ingress\",reason=\"invalid_ingress\"}")
-            >= 1.0
+        pylon.metric("pylon_config_rejections_total{kind=\"Ingress\",reason=\"invalid_ingress\"}") >= 1.0
     );
-    assert!(
-        pylon.metric("pylon_config_rejections_total{kind=\"File\",reason=\"invalid_yaml\"}") >= 1.0
-    );
+    assert!(pylon.metric("pylon_config_rejections_total{kind=\"File\",reason=\"invalid_yaml\"}") >= 1.0);
 
     // An edit that breaks a serving Ingress keeps its last good version.
     pylon.write_manifest(

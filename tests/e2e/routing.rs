@@ -116,14 +116,8 @@ async fn unknown_host_is_404_and_unavailable_backends_are_503() {
     assert!(resp.text().contains("no route"), "{}", resp.text());
     let resp = http_get(pylon.http, "app.test", "/empty").await.unwrap();
     assert_eq!(resp.status, 503);
-    assert!(
-        resp.text().contains("no ready endpoints"),
-        "{}",
-        resp.text()
-    );
-    let resp = http_get(pylon.http, "app.test", "/missing/x")
-        .await
-        .unwrap();
+    assert!(resp.text().contains("no ready endpoints"), "{}", resp.text());
+    let resp = http_get(pylon.http, "app.test", "/missing/x").await.unwrap();
     assert_eq!(resp.status, 503);
     assert!(resp.text().contains("service not found"), "{}", resp.text());
     assert_eq!(up.hits(), 0);
@@ -248,9 +242,7 @@ async fn plain_http_to_a_tls_host_is_redirected_except_acme_challenges() {
     .render();
     let pylon = Pylon::start(&[("all.yaml", &yaml)]);
 
-    let resp = http_get(pylon.http, "secure.test", "/a/b?c=d")
-        .await
-        .unwrap();
+    let resp = http_get(pylon.http, "secure.test", "/a/b?c=d").await.unwrap();
     assert_eq!(resp.status, 308);
     assert_eq!(
         resp.header("location").unwrap(),
@@ -260,13 +252,9 @@ async fn plain_http_to_a_tls_host_is_redirected_except_acme_challenges() {
     assert_eq!(resp.status, 308);
     let resp = http_get(pylon.http, "plain.test", "/").await.unwrap();
     assert_eq!(resp.status, 200);
-    let resp = http_get(
-        pylon.http,
-        "secure.test",
-        "/.well-known/acme-challenge/token",
-    )
-    .await
-    .unwrap();
+    let resp = http_get(pylon.http, "secure.test", "/.well-known/acme-challenge/token")
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200, "challenge paths are not redirected");
     assert_eq!(resp.json()["upstream"], "up");
 }

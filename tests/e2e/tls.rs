@@ -91,9 +91,11 @@ async fn certificate_per_sni_exact_wildcard_and_default() {
         pylon.metric("pylon_tls_handshake_failures_total") >= 1.0,
         "refused handshakes are counted"
     );
-    assert!(metrics.contains(
-        "pylon_certificate_not_after_timestamp_seconds{namespace=\"default\",secret=\"exact\"}"
-    ));
+    assert!(
+        metrics.contains(
+            "pylon_certificate_not_after_timestamp_seconds{namespace=\"default\",secret=\"exact\"}"
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,10 +197,7 @@ async fn a_broken_secret_leaves_the_previous_certificate_in_service() {
         }
         .render()
     );
-    let pylon = Pylon::start(&[
-        ("app.yaml", &app),
-        ("secret.yaml", &tls_secret("secure", &good)),
-    ]);
+    let pylon = Pylon::start(&[("app.yaml", &app), ("secret.yaml", &tls_secret("secure", &good))]);
     let client = TlsClient::trusting(&ca.pem, H2_H1);
 
     // The new Secret's key belongs to another certificate.
@@ -213,8 +212,5 @@ async fn a_broken_secret_leaves_the_previous_certificate_in_service() {
     let (resp, cert) = client.get(pylon.https, "secure.test", "/").await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(cert.serial, good.serial, "the previous certificate stays");
-    assert!(
-        pylon.metric("pylon_config_rejections_total{kind=\"Secret\",reason=\"key_mismatch\"}")
-            >= 1.0
-    );
+    assert!(pylon.metric("pylon_config_rejections_total{kind=\"Secret\",reason=\"key_mismatch\"}") >= 1.0);
 }

@@ -9,13 +9,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
+use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{
-    self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -148,13 +144,7 @@ impl TlsClient {
         &self,
         addr: SocketAddr,
         sni: &str,
-    ) -> Result<
-        (
-            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-            PeerCert,
-        ),
-        Error,
-    > {
+    ) -> Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PeerCert), Error> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let name = ServerName::try_from(sni.to_owned())?;
         let tls = TlsConnector::from(self.config.clone())
@@ -181,8 +171,7 @@ impl TlsClient {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         let resp = if h2 {
-            let (mut send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(conn);
             // HTTP/2 carries the host in :authority.
             let (mut parts, body) = req.into_parts();
@@ -197,11 +186,7 @@ impl TlsClient {
             )
             .parse()?;
             parts.version = http::Version::HTTP_2;
-            collect(
-                send.send_request(http::Request::from_parts(parts, body))
-                    .await?,
-            )
-            .await?
+            collect(send.send_request(http::Request::from_parts(parts, body)).await?).await?
         } else {
             let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(conn);
@@ -210,12 +195,7 @@ impl TlsClient {
         Ok((resp, cert))
     }
 
-    pub async fn get(
-        &self,
-        addr: SocketAddr,
-        host: &str,
-        path: &str,
-    ) -> Result<(Response, PeerCert), Error> {
+    pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Result<(Response, PeerCert), Error> {
         self.request(addr, host, get(host, path)).await
     }
 }

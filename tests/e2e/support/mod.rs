@@ -150,10 +150,7 @@ impl IngressYaml<'_> {
             y += "  tls:\n";
             for (hosts, secret) in self.tls {
                 let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
-                y += &format!(
-                    "  - hosts: [{}]\n    secretName: {secret}\n",
-                    hosts.join(", ")
-                );
+                y += &format!("  - hosts: [{}]\n    secretName: {secret}\n", hosts.join(", "));
             }
         }
         if !self.rules.is_empty() {

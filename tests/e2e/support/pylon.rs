@@ -183,9 +183,7 @@ level = "info,pylon=debug"
     }
 
     fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for the process to exit.

@@ -90,11 +90,7 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if path.starts_with("/slow") {
         let ms = query_number(query.as_deref(), "ms").unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -123,10 +119,8 @@ async fn handle(
     });
     let mut resp = http::Response::new(Full::new(Bytes::from(json.to_string())));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    resp.headers_mut().insert(
-        "x-upstream",
-        http::HeaderValue::from_str(&name).expect("header"),
-    );
+    resp.headers_mut()
+        .insert("x-upstream", http::HeaderValue::from_str(&name).expect("header"));
     // Hop-by-hop headers a proxy must not pass on.
     resp.headers_mut()
         .insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
@@ -165,8 +159,7 @@ impl WsUpstream {
                             };
                             while let Some(Ok(msg)) = ws.next().await {
                                 if msg.is_text() {
-                                    let reply =
-                                        format!("{name}: {}", msg.to_text().unwrap_or_default());
+                                    let reply = format!("{name}: {}", msg.to_text().unwrap_or_default());
                                     if ws.send(reply.into()).await.is_err() {
                                         return;
                                     }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs pylon's whole test suite on a fresh machine: installs what the tests need, then checks
+# formatting and lints and runs every test (unit, end-to-end). CI runs exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- what the build and the tests need -----------------------------------------------------
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
+need=()
+command -v cmake >/dev/null || need+=(cmake)   # pingora's zlib-ng build
+command -v cc >/dev/null || need+=(build-essential)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}"
+  apt_install "${need[@]}"
+fi
+
+# --- checks and tests (debug builds, one target directory) ---------------------------------
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --locked --all-targets
