@@ -564,3 +564,79 @@ fn missing_tls_secret_and_unsupported_annotations_are_warnings() {
         crate::tls::Matched::Default
     );
 }
+
+mod no_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every object kind pylon reads, with annotations, TLS and a default backend.
+    fn seed() -> String {
+        let mut y = String::from(CLASS);
+        y += &service("a", &["10.0.0.1", "10.0.0.2"]);
+        y += &tls_secret("s", &["a.test", "*.w.test"]);
+        y += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: app\n  annotations: {nginx.ingress.kubernetes.io/proxy-body-size: 8m, nginx.ingress.kubernetes.io/ssl-redirect: \"false\"}\nspec:\n  ingressClassName: pylon\n  defaultBackend: {service: {name: a, port: {name: http}}}\n  tls: [{hosts: [a.test, \"*.w.test\"], secretName: s}]\n  rules:\n";
+        y += &rule("a.test", "/api", "Prefix", "a");
+        y += &rule("*.w.test", "/", "Exact", "a");
+        y
+    }
+
+    /// Reads whatever parses, as the files source would, and translates it twice (the second
+    /// time against the first snapshot, as a reload does).
+    fn run(text: &str) {
+        let Ok(docs) = manifest::parse(text) else { return };
+        let mut w = World::default();
+        for doc in docs {
+            if let Document::Object { id, object, .. } = doc {
+                match *object {
+                    Object::Ingress(o) => drop(w.ingresses.insert(id.key, Arc::new(o))),
+                    Object::IngressClass(o) => drop(w.ingress_classes.insert(id.key.name, Arc::new(o))),
+                    Object::Service(o) => drop(w.services.insert(id.key, Arc::new(o))),
+                    Object::EndpointSlice(o) => drop(w.endpoint_slices.insert(id.key, Arc::new(o))),
+                    Object::Secret(o) => drop(w.secrets.insert(id.key, Arc::new(o))),
+                }
+            }
+        }
+        let s = settings("[ingress]\nserve-without-class = true");
+        let first = translate(&w, &s, &Snapshot::default());
+        let _ = translate(&w, &s, &first.snapshot);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn mutated_manifests_never_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..12)
+        ) {
+            let mut bytes = seed().into_bytes();
+            for (at, byte, op) in edits {
+                if bytes.is_empty() { break; }
+                let i = at.index(bytes.len());
+                match op {
+                    0 => bytes[i] = byte,
+                    1 => bytes.truncate(i),
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            run(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn arbitrary_field_values_never_panic(
+            host in "\\PC{0,40}",
+            path in "\\PC{0,40}",
+            kind in prop::sample::select(vec!["Exact", "Prefix", "ImplementationSpecific", "", "Other"]),
+            annotation in "\\PC{0,20}",
+            port in any::<i64>(),
+        ) {
+            let yaml = format!(
+                "{CLASS}---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: x\n  annotations: {{nginx.ingress.kubernetes.io/proxy-read-timeout: {a}, nginx.ingress.kubernetes.io/proxy-body-size: {a}}}\nspec:\n  ingressClassName: pylon\n  tls: [{{hosts: [{h}], secretName: {h}}}]\n  rules: [{{host: {h}, http: {{paths: [{{path: {p}, pathType: \"{kind}\", backend: {{service: {{name: {h}, port: {{number: {port}}}}}}}}}]}}}}]\n",
+                a = serde_json::to_string(&annotation).unwrap(),
+                h = serde_json::to_string(&host).unwrap(),
+                p = serde_json::to_string(&path).unwrap(),
+            );
+            run(&yaml);
+        }
+    }
+}

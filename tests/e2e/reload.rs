@@ -140,3 +140,61 @@ async fn broken_manifests_leave_other_routes_serving() {
     wait_for(&pylon, "two.test", "/", "404").await;
     assert_eq!(pylon.admin_get("/readyz").unwrap().0, 200, "still ready");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_open_websockets_and_in_flight_requests() {
+    use futures_util::{SinkExt, StreamExt};
+
+    let up = Upstream::start("up");
+    let ws = crate::support::upstream::WsUpstream::start("echo");
+    let app = format!(
+        "{CLASS}{}{}{}",
+        service("up", &[up.addr]),
+        service("ws", &[ws.addr]),
+        IngressYaml {
+            rules: &[
+                ("app.test", "/", "Prefix", "up"),
+                ("app.test", "/ws", "Prefix", "ws")
+            ],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start(&[("app.yaml", &app)]);
+
+    let tcp = tokio::net::TcpStream::connect(pylon.http).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://app.test/ws", tcp)
+        .await
+        .unwrap();
+    socket.send("before".into()).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap().to_text().unwrap(),
+        "echo: before"
+    );
+    let http = pylon.http;
+    let slow = tokio::spawn(async move { http_get(http, "app.test", "/slow?ms=1500").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Two changes while both are open: a new Ingress, then the old one's file rewritten.
+    pylon.write_manifest(
+        "more.yaml",
+        &IngressYaml {
+            name: "more",
+            rules: &[("more.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render(),
+    );
+    wait_for(&pylon, "more.test", "/", "up").await;
+    pylon.write_manifest("app.yaml", &format!("{app}\n# edited\n"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(pylon.metric("pylon_config_reloads_total") >= 3.0);
+
+    socket.send("after".into()).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap().to_text().unwrap(),
+        "echo: after"
+    );
+    let resp = slow.await.unwrap().expect("in-flight request completed");
+    assert_eq!(resp.status, 200);
+}

@@ -258,3 +258,28 @@ async fn plain_http_to_a_tls_host_is_redirected_except_acme_challenges() {
     assert_eq!(resp.status, 200, "challenge paths are not redirected");
     assert_eq!(resp.json()["upstream"], "up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstreams_time_out_with_504() {
+    let up = Upstream::start("up");
+    let yaml = format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            annotations: &[("nginx.ingress.kubernetes.io/proxy-read-timeout", "1")],
+            rules: &[("app.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start(&[("all.yaml", &yaml)]);
+    let resp = http_get(pylon.http, "app.test", "/slow?ms=300").await.unwrap();
+    assert_eq!(resp.status, 200, "within the timeout");
+    let started = std::time::Instant::now();
+    let resp = http_get(pylon.http, "app.test", "/slow?ms=5000").await.unwrap();
+    assert_eq!(resp.status, 504, "{}", resp.text());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "the annotation's 1 s applies"
+    );
+}

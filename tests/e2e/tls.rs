@@ -214,3 +214,24 @@ async fn a_broken_secret_leaves_the_previous_certificate_in_service() {
     assert_eq!(cert.serial, good.serial, "the previous certificate stays");
     assert!(pylon.metric("pylon_config_rejections_total{kind=\"Secret\",reason=\"key_mismatch\"}") >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_default_certificate_replaces_the_self_signed_one() {
+    let ca = TestCa::new();
+    let fallback = ca.issue(&["fallback.test"]);
+    let pylon = crate::support::pylon::Pylon::start_with(
+        &[("secret.yaml", &tls_secret("fallback", &fallback))],
+        crate::support::pylon::Options {
+            extra_config: "[ingress]\ndefault-certificate = \"default/fallback\"\n".into(),
+        },
+    );
+    let insecure = TlsClient::insecure(&[b"http/1.1"]);
+    let (_, cert) = insecure.connect(pylon.https, "anything.test").await.unwrap();
+    assert_eq!(cert.serial, fallback.serial);
+    let resp = crate::support::client::TlsClient::trusting(&ca.pem, H2_H1)
+        .get(pylon.https, "fallback.test", "/")
+        .await
+        .expect("verified with the default certificate")
+        .0;
+    assert_eq!(resp.status, 404, "no route, but TLS works");
+}
