@@ -219,7 +219,7 @@ async fn a_broken_secret_leaves_the_previous_certificate_in_service() {
 async fn a_configured_default_certificate_replaces_the_self_signed_one() {
     let ca = TestCa::new();
     let fallback = ca.issue(&["fallback.test"]);
-    let pylon = crate::support::pylon::Pylon::start_with(
+    let pylon = Pylon::start_with(
         &[("secret.yaml", &tls_secret("fallback", &fallback))],
         crate::support::pylon::Options {
             extra_config: "[ingress]\ndefault-certificate = \"default/fallback\"\n".into(),
@@ -228,7 +228,7 @@ async fn a_configured_default_certificate_replaces_the_self_signed_one() {
     let insecure = TlsClient::insecure(&[b"http/1.1"]);
     let (_, cert) = insecure.connect(pylon.https, "anything.test").await.unwrap();
     assert_eq!(cert.serial, fallback.serial);
-    let resp = crate::support::client::TlsClient::trusting(&ca.pem, H2_H1)
+    let resp = TlsClient::trusting(&ca.pem, H2_H1)
         .get(pylon.https, "fallback.test", "/")
         .await
         .expect("verified with the default certificate")
