@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::routing::host::is_dns_label;
+
 use super::{
     ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, Listen, LogConfig, LogFormat, Manifests,
     Overrides, ProxyConfig, Shutdown,
@@ -392,18 +394,8 @@ fn is_controller_name(s: &str) -> bool {
     }
 }
 
-/// RFC 1123 label: lowercase alphanumerics and `-`, at most 63 characters.
-pub(crate) fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 

@@ -44,7 +44,7 @@ impl Hostname {
             return Err(HostError::IpAddress);
         }
         for label in s.split('.') {
-            if !is_label(label) {
+            if !is_dns_label(label) {
                 return Err(HostError::BadLabel(label.to_owned()));
             }
         }
@@ -112,7 +112,8 @@ pub fn parent(host: &str) -> Option<&str> {
         .filter(|r| !r.is_empty())
 }
 
-fn is_label(s: &str) -> bool {
+/// RFC 1123 label: lowercase alphanumerics and `-`, at most 63 characters.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

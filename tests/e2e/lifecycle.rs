@@ -5,25 +5,13 @@ use std::time::{Duration, Instant};
 
 use crate::support::client::http_get;
 use crate::support::pylon::{Options, Pylon};
+use crate::support::single_route;
 use crate::support::upstream::Upstream;
-use crate::support::{CLASS, IngressYaml, service};
-
-fn app(up: &Upstream) -> String {
-    format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_access_log() {
     let up = Upstream::start("up");
-    let pylon = Pylon::start(&[("app.yaml", &app(&up))]);
+    let pylon = Pylon::start(&[("app.yaml", &single_route(up.addr, "app.test", &[]))]);
     assert_eq!(pylon.admin_get("/healthz").unwrap(), (200, "ok\n".into()));
     assert_eq!(pylon.admin_get("/readyz").unwrap().0, 200);
     assert_eq!(pylon.admin_get("/nope").unwrap().0, 404);
@@ -94,7 +82,7 @@ async fn health_metrics_and_access_log() {
 async fn sigterm_fails_readiness_then_drains_in_flight_requests() {
     let up = Upstream::start("up");
     let mut pylon = Pylon::start_with(
-        &[("app.yaml", &app(&up))],
+        &[("app.yaml", &single_route(up.addr, "app.test", &[]))],
         Options {
             extra_config: "[shutdown]\ndelay = \"1500ms\"\ndrain-timeout = \"10s\"\n".into(),
         },

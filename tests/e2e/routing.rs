@@ -4,7 +4,7 @@
 use crate::support::client::{http, http_get};
 use crate::support::pylon::{Options, Pylon};
 use crate::support::upstream::Upstream;
-use crate::support::{CLASS, IngressYaml, service};
+use crate::support::{CLASS, IngressYaml, service, single_route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_path_class_and_default_backend() {
@@ -128,15 +128,7 @@ async fn unknown_host_is_404_and_unavailable_backends_are_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_client_facts_and_strips_hop_by_hop_headers() {
     let up = Upstream::start("up");
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
+    let yaml = single_route(up.addr, "app.test", &[]);
     let pylon = Pylon::start(&[("all.yaml", &yaml)]);
     let req = http::Request::get("/echo?q=1")
         .header("host", "app.test")
@@ -262,15 +254,10 @@ async fn plain_http_to_a_tls_host_is_redirected_except_acme_challenges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstreams_time_out_with_504() {
     let up = Upstream::start("up");
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            annotations: &[("nginx.ingress.kubernetes.io/proxy-read-timeout", "1")],
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
+    let yaml = single_route(
+        up.addr,
+        "app.test",
+        &[("nginx.ingress.kubernetes.io/proxy-read-timeout", "1")],
     );
     let pylon = Pylon::start(&[("all.yaml", &yaml)]);
     let resp = http_get(pylon.http, "app.test", "/slow?ms=300").await.unwrap();

@@ -12,6 +12,20 @@ use crate::support::{CLASS, IngressYaml, TestCa, service, tls_secret};
 
 const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
 
+/// `secure.test` → `up`, with TLS from the Secret `secure` (written separately).
+fn secure_app(up: &Upstream) -> String {
+    format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            tls: &[(&["secure.test"], "secure")],
+            rules: &[("secure.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_per_sni_exact_wildcard_and_default() {
     let up = Upstream::start("up");
@@ -104,16 +118,7 @@ async fn replaced_certificate_is_served_without_a_failed_request() {
     let ca = TestCa::new();
     let first = ca.issue(&["secure.test"]);
     let second = ca.issue(&["secure.test"]);
-    let base = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            tls: &[(&["secure.test"], "secure")],
-            rules: &[("secure.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
+    let base = secure_app(&up);
     let pylon = Pylon::start(&[
         ("app.yaml", &base),
         ("secret.yaml", &tls_secret("secure", &first)),
@@ -187,16 +192,7 @@ async fn a_broken_secret_leaves_the_previous_certificate_in_service() {
     let ca = TestCa::new();
     let good = ca.issue(&["secure.test"]);
     let other_key = ca.issue(&["secure.test"]);
-    let app = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            tls: &[(&["secure.test"], "secure")],
-            rules: &[("secure.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
+    let app = secure_app(&up);
     let pylon = Pylon::start(&[("app.yaml", &app), ("secret.yaml", &tls_secret("secure", &good))]);
     let client = TlsClient::trusting(&ca.pem, H2_H1);
 

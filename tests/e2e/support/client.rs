@@ -108,30 +108,28 @@ impl TlsClient {
         for cert in rustls_pemfile_certs(ca_pem) {
             roots.add(cert).expect("CA certificate");
         }
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        // Every connection is a full handshake, so the server picks a certificate each time
-        // (a resumed TLS 1.3 session presents none).
-        config.resumption = rustls::client::Resumption::disabled();
-        Self {
-            config: Arc::new(config),
-        }
+        Self::build(alpn, |b| b.with_root_certificates(roots).with_no_client_auth())
     }
 
     pub fn insecure(alpn: &[&[u8]]) -> Self {
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .dangerous()
+        Self::build(alpn, |b| {
+            b.dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-                .with_no_client_auth();
+                .with_no_client_auth()
+        })
+    }
+
+    fn build(
+        alpn: &[&[u8]],
+        verify: impl FnOnce(rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>) -> ClientConfig,
+    ) -> Self {
+        let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let mut config = verify(builder);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // Every connection is a full handshake, so the server picks a certificate each time
+        // (a resumed TLS 1.3 session presents none).
         config.resumption = rustls::client::Resumption::disabled();
         Self {
             config: Arc::new(config),

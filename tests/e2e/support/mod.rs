@@ -100,6 +100,21 @@ pub fn endpoint_slice(slice: &str, service: &str, addr: SocketAddr, ready: bool)
     )
 }
 
+/// The manifests of one Service `up` (at `addr`) behind one Ingress for `host`, with `extra`
+/// Ingress settings.
+pub fn single_route(addr: SocketAddr, host: &str, annotations: &[(&str, &str)]) -> String {
+    format!(
+        "{CLASS}{}{}",
+        service("up", &[addr]),
+        IngressYaml {
+            annotations,
+            rules: &[(host, "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    )
+}
+
 /// The IngressClass `pylon`, pylon's controller.
 pub const CLASS: &str = "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: pylon}\nspec: {controller: pylon.dev/ingress-controller}\n";
 

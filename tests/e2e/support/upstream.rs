@@ -25,44 +25,56 @@ pub struct Upstream {
     _stop: oneshot::Sender<()>,
 }
 
+/// Binds a loopback port and serves each accepted connection with `serve` on a thread of its
+/// own; the server stops when the returned sender is dropped.
+fn spawn_server<F, Fut>(serve: F) -> (SocketAddr, oneshot::Sender<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let accept = async {
+                loop {
+                    if let Ok((stream, _)) = listener.accept().await {
+                        tokio::spawn(serve(stream));
+                    }
+                }
+            };
+            tokio::select! {
+                _ = accept => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    (addr, stop)
+}
+
 impl Upstream {
     pub fn start(name: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (name_owned, hits2) = (name.to_owned(), hits.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (name, hits) = (name_owned.clone(), hits2.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req| {
-                                hits.fetch_add(1, Ordering::Relaxed);
-                                handle(name.clone(), req)
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades()
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stopped => {}
-                }
-            });
+        let (name_owned, counter) = (name.to_owned(), hits.clone());
+        let (addr, stop) = spawn_server(move |stream| {
+            let (name, hits) = (name_owned.clone(), counter.clone());
+            async move {
+                let svc = service_fn(move |req| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    handle(name.clone(), req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            }
         });
         Self {
             addr,
@@ -135,46 +147,24 @@ pub struct WsUpstream {
 
 impl WsUpstream {
     pub fn start(name: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
         let name = name.to_owned();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let name = name.clone();
-                        tokio::spawn(async move {
-                            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                                return;
-                            };
-                            while let Some(Ok(msg)) = ws.next().await {
-                                if msg.is_text() {
-                                    let reply = format!("{name}: {}", msg.to_text().unwrap_or_default());
-                                    if ws.send(reply.into()).await.is_err() {
-                                        return;
-                                    }
-                                } else if msg.is_close() {
-                                    return;
-                                }
-                            }
-                        });
-                    }
+        let (addr, stop) = spawn_server(move |stream| {
+            let name = name.clone();
+            async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
                 };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stopped => {}
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let reply = format!("{name}: {}", msg.to_text().unwrap_or_default());
+                        if ws.send(reply.into()).await.is_err() {
+                            return;
+                        }
+                    } else if msg.is_close() {
+                        return;
+                    }
                 }
-            });
+            }
         });
         Self { addr, _stop: stop }
     }
