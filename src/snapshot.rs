@@ -1,6 +1,6 @@
 //! The snapshot: everything the request path and the TLS resolver read, published as one value.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};

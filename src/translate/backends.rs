@@ -1,6 +1,6 @@
 //! Resolving an Ingress backend (Service + port) to ready endpoints via EndpointSlices.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ pub(super) struct Backends<'w> {
 
 impl<'w> Backends<'w> {
     pub(super) fn new(world: &'w World) -> Self {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::default();
         for (key, slice) in &world.endpoint_slices {
             let service = slice
                 .metadata
@@ -41,8 +41,8 @@ impl<'w> Backends<'w> {
         Self {
             world,
             slices,
-            resolved: HashMap::new(),
-            reported: HashSet::new(),
+            resolved: HashMap::default(),
+            reported: HashSet::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! TLS Secrets parsed into certificates, remembered between runs by the content of the Secret.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ impl<'a> Certs<'a> {
         Self {
             world,
             previous,
-            next: HashMap::new(),
+            next: HashMap::default(),
             in_use: Vec::new(),
         }
     }

@@ -9,9 +9,10 @@ mod backends;
 mod certs;
 pub mod ingress;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashSet};
 use k8s_openapi::api::networking::v1::Ingress;
 
 use self::backends::Backends;
@@ -94,8 +95,8 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
 
     // TLS first: which hosts have TLS decides where plain HTTP is redirected.
     let mut index = CertIndexBuilder::default();
-    let mut tls_hosts: BTreeSet<HostPattern> = BTreeSet::new();
-    let mut cert_owner: HashMap<HostPattern, (ObjectKey, Option<String>)> = HashMap::new();
+    let mut tls_hosts = TlsHosts::default();
+    let mut cert_owner: HashMap<HostPattern, (ObjectKey, Option<String>)> = HashMap::default();
     for ing in &served {
         for entry in &ing.tls {
             let cert = entry.secret.as_ref().and_then(|name| {
@@ -103,7 +104,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
                 certs.load(&key, &ing.key, &mut problems)
             });
             for host in &entry.hosts {
-                tls_hosts.insert(host.clone());
+                tls_hosts.insert(host);
                 let Some(cert) = &cert else { continue };
                 match index.add(host, cert.key.clone()) {
                     Ok(()) => {
@@ -146,7 +147,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
 
     // Routes, oldest Ingress first: the first route for a host and path wins.
     let mut table = RouteTableBuilder::default();
-    let mut counters: HashMap<CounterKey, Arc<RequestCounters>> = HashMap::new();
+    let mut counters: HashMap<CounterKey, Arc<RequestCounters>> = HashMap::default();
     let mut route_for = |ing: &ParsedIngress,
                          origin: &Arc<IngressRef>,
                          service: &ServiceRef,
@@ -164,7 +165,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
             .or_insert_with_key(|k| previous.counters.get(k).cloned().unwrap_or_default())
             .clone();
         let a = &ing.annotations;
-        let has_tls = host.is_some_and(|h| has_tls(&tls_hosts, h));
+        let has_tls = host.is_some_and(|h| tls_hosts.covers(h));
         Arc::new(Route {
             ingress: origin.clone(),
             backend,
@@ -355,19 +356,31 @@ impl<'a> Classes<'a> {
     }
 }
 
-/// Whether a rule host is covered by a TLS entry (exactly, or by a wildcard entry).
-fn has_tls(tls_hosts: &BTreeSet<HostPattern>, host: &HostPattern) -> bool {
-    match host {
-        HostPattern::Exact(h) => {
-            tls_hosts.contains(host)
-                || h.parent().is_some_and(|p| {
-                    tls_hosts
-                        .iter()
-                        .any(|t| matches!(t, HostPattern::Wildcard(w) if w.as_str() == p))
-                })
+/// The hosts named in TLS entries: exact names and wildcard parents.
+#[derive(Default)]
+struct TlsHosts {
+    exact: HashSet<String>,
+    wildcard: HashSet<String>,
+}
+
+impl TlsHosts {
+    fn insert(&mut self, host: &HostPattern) {
+        match host {
+            HostPattern::Exact(h) => self.exact.insert(h.to_string()),
+            HostPattern::Wildcard(p) => self.wildcard.insert(p.to_string()),
+            HostPattern::Any => false,
+        };
+    }
+
+    /// Whether a rule host is covered by a TLS entry (exactly, or by a wildcard entry).
+    fn covers(&self, host: &HostPattern) -> bool {
+        match host {
+            HostPattern::Exact(h) => {
+                self.exact.contains(h.as_str()) || h.parent().is_some_and(|p| self.wildcard.contains(p))
+            }
+            HostPattern::Wildcard(p) => self.wildcard.contains(p.as_str()),
+            HostPattern::Any => false,
         }
-        HostPattern::Wildcard(_) => tls_hosts.contains(host),
-        HostPattern::Any => false,
     }
 }
 
