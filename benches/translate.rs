@@ -152,6 +152,7 @@ fn bench(c: &mut Criterion) {
     .expect("config");
     let settings = Settings::new(
         &config.ingress,
+        &config.acme,
         pylon::tls::self_signed("bench.invalid").expect("cert"),
     );
     let world = world();

@@ -38,11 +38,34 @@ pub fn check(config: &Config) -> Result<Report, Error> {
     source.refresh();
     let settings = Settings::new(
         &config.ingress,
+        &config.acme,
         crate::tls::self_signed(crate::server::DEFAULT_CERT_NAME)?,
     );
     let translation = translate(&source.world(), &settings, &Snapshot::default());
     let mut text = String::new();
     describe(&translation.snapshot, &mut text);
+    if !translation.requests.is_empty() {
+        let _ = writeln!(text, "\n{:<40} {:<40} {:<28} STATE", "SECRET", "HOSTS", "ISSUER");
+        for r in &translation.requests {
+            let state = match (&r.current.certificate, &r.current.state) {
+                (Some(c), s) if s.failures == 0 => format!("valid until {}", unix_time(c.not_after)),
+                (_, s) if s.failures > 0 => format!(
+                    "{} failed attempt(s), next after {}: {}",
+                    s.failures,
+                    s.retry_after.map(|t| t.to_string()).unwrap_or_default(),
+                    s.last_error.as_deref().unwrap_or_default()
+                ),
+                _ => "to be issued".to_owned(),
+            };
+            let _ = writeln!(
+                text,
+                "{:<40} {:<40} {:<28} {state}",
+                r.secret.to_string(),
+                r.hosts.join(","),
+                r.issuer_id()
+            );
+        }
+    }
     if !translation.ignored.is_empty() {
         let _ = writeln!(
             text,
@@ -68,6 +91,12 @@ pub fn check(config: &Config) -> Result<Report, Error> {
         text,
         problems: translation.problems,
     })
+}
+
+fn unix_time(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 fn describe(snapshot: &Snapshot, out: &mut String) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::acme::manager::Work;
 use crate::admin::Health;
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Severity};
@@ -21,6 +22,8 @@ pub struct Control {
     health: Arc<Health>,
     /// Problems of the last publication, so that only new ones are logged.
     reported: BTreeSet<Problem>,
+    /// The certificates to look after, for the ACME manager.
+    work: watch::Sender<Arc<Work>>,
 }
 
 impl Control {
@@ -31,7 +34,13 @@ impl Control {
             metrics,
             health,
             reported: BTreeSet::new(),
+            work: watch::Sender::new(Arc::default()),
         }
+    }
+
+    /// Receives the certificate requests of every publication.
+    pub fn subscribe_work(&self) -> watch::Receiver<Arc<Work>> {
+        self.work.subscribe()
     }
 
     /// Translates `world`, publishes the snapshot and reports what changed. Returns the current
@@ -96,8 +105,13 @@ impl Control {
             problems = translation.problems.len(),
             "configuration published"
         );
+        let generation = snapshot.generation;
         self.published.store(Arc::new(snapshot));
         self.health.mark_published();
+        self.work.send_replace(Arc::new(Work {
+            generation,
+            requests: translation.requests,
+        }));
         translation.problems
     }
 

@@ -45,6 +45,7 @@
 //!    `proxy` see pylon's own types.
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod check;
 pub mod config;

@@ -100,6 +100,11 @@ pub struct Metrics {
     pub endpoints: IntGauge,
     pub certificates: IntGauge,
     pub access_log_dropped: IntCounter,
+    pub acme_challenges: IntCounterVec,
+    pub acme_orders: IntCounterVec,
+    pub acme_failures: IntCounterVec,
+    pub certificate_renewal: GaugeVec,
+    pub acme_leader: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -227,6 +232,37 @@ impl Metrics {
             access_log_dropped: counter(
                 "pylon_access_log_dropped_total",
                 "Access log lines dropped because the writer could not keep up",
+            ),
+            acme_challenges: counter_vec(
+                "pylon_acme_challenges_total",
+                "ACME HTTP-01 challenge requests for hosts pylon manages, by result (answered, bad_token)",
+                &["result"],
+            ),
+            acme_orders: counter_vec(
+                "pylon_acme_orders_total",
+                "Certificate orders, by issuer and result (issued, failed, rate_limited)",
+                &["issuer", "result"],
+            ),
+            acme_failures: counter_vec(
+                "pylon_acme_failures_total",
+                "Failed certificate orders, by issuer and reason",
+                &["issuer", "reason"],
+            ),
+            certificate_renewal: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "pylon_certificate_renewal_timestamp_seconds",
+                        "When pylon will next renew (or retry) each certificate it manages (Unix time)",
+                    ),
+                    &["namespace", "secret"],
+                )
+                .expect("valid metric");
+                reg(Box::new(g.clone()));
+                g
+            },
+            acme_leader: gauge(
+                "pylon_acme_leader",
+                "1 while this process is the one that orders certificates",
             ),
             registry,
         };

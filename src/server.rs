@@ -23,6 +23,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::access_log::AccessLog;
+use crate::acme::lock::FileLock;
+use crate::acme::manager::{self, Manager, Work};
+use crate::acme::store::FilesStore;
 use crate::admin::{AdminApp, Health};
 use crate::config::Config;
 use crate::control::Control;
@@ -91,7 +94,11 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     dirs.push(state_dir.clone());
     let mut source = FilesSource::new(dirs);
     source.refresh();
-    let settings = Settings::new(&config.ingress, crate::tls::self_signed(DEFAULT_CERT_NAME)?);
+    let settings = Settings::new(
+        &config.ingress,
+        &config.acme,
+        crate::tls::self_signed(DEFAULT_CERT_NAME)?,
+    );
     let mut control = Control::new(settings, published.clone(), metrics.clone(), health.clone());
     let world = Arc::new(source.world());
     control.apply(&world);
@@ -126,22 +133,38 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     proxy_service.add_tcp(&config.listen.http.to_string());
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");
-    tls.set_cert_resolver(Arc::new(SniResolver::new(published, &metrics)));
+    tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
     proxy_service.add_tls_with_settings(&config.listen.https.to_string(), None, tls);
     server.add_service(proxy_service);
 
-    let mut admin = Service::new("pylon admin".into(), AdminApp::new(metrics, health.clone()));
+    let mut admin = Service::new(
+        "pylon admin".into(),
+        AdminApp::new(metrics.clone(), health.clone()),
+    );
     admin.threads = Some(1);
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
 
+    let manager = Manager::new(
+        Arc::new(FilesStore::new(state_dir.clone())),
+        Arc::new(FileLock::new(state_dir.clone())),
+        published,
+        metrics,
+        manager::Options {
+            retry_backoff: config.acme.retry_backoff,
+            retry_backoff_max: config.acme.retry_backoff_max,
+        },
+    );
+    let work = control.subscribe_work();
     let (worlds_tx, worlds_rx) = watch::channel(world);
     server.add_service(background_service(
         "control",
         ControlTask(Mutex::new(Some(ControlParts {
             source,
             control,
+            manager,
+            work,
             worlds_tx,
             worlds_rx,
             debounce: config.manifests.debounce,
@@ -176,13 +199,15 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
 struct ControlParts {
     source: FilesSource,
     control: Control,
+    manager: Manager,
+    work: watch::Receiver<Arc<Work>>,
     worlds_tx: watch::Sender<Arc<World>>,
     worlds_rx: watch::Receiver<Arc<World>>,
     debounce: Duration,
     rescan_interval: Duration,
 }
 
-/// The source and the control loop, on their own runtime.
+/// The source, the control loop and the ACME manager, on their own runtime.
 struct ControlTask(Mutex<Option<ControlParts>>);
 
 #[async_trait]
@@ -193,7 +218,11 @@ impl BackgroundService for ControlTask {
         let watch_source = p
             .source
             .run(p.worlds_tx, p.debounce, p.rescan_interval, shutdown.clone());
-        tokio::join!(watch_source, p.control.run(p.worlds_rx, shutdown));
+        tokio::join!(
+            watch_source,
+            p.control.run(p.worlds_rx, shutdown.clone()),
+            p.manager.run(p.work, shutdown),
+        );
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
+use crate::acme::challenge::ChallengeIndex;
 use crate::metrics::{CounterKey, RequestCounters};
 use crate::routing::RouteTable;
 use crate::tls::CertIndex;
@@ -17,6 +18,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub routes: RouteTable,
     pub certs: CertIndex,
+    /// Hosts whose ACME HTTP-01 challenges this replica answers.
+    pub challenges: ChallengeIndex,
     /// Per-route request counters, carried from one snapshot to the next.
     pub counters: HashMap<CounterKey, Arc<RequestCounters>>,
     /// What translate remembers for the next run: last good objects, parsed certificates.

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::routing::host::is_dns_label;
 
 use super::{
-    ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, Listen, LogConfig, LogFormat, Manifests,
-    Overrides, ProxyConfig, Shutdown,
+    AcmeConfig, ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, Listen, LogConfig,
+    LogFormat, Manifests, Overrides, ProxyConfig, Shutdown,
 };
 
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_CLUSTER_RESOURCE_NAMESPACE: &str = "pylon";
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// `pylon.toml` as written. Every field is optional; unknown fields are an error.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -47,6 +50,17 @@ pub struct FileConfig {
     pub shutdown: ShutdownFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub acme: AcmeFile,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AcmeFile {
+    pub default_issuer: Option<String>,
+    pub cluster_resource_namespace: Option<String>,
+    pub retry_backoff: Option<String>,
+    pub retry_backoff_max: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -253,6 +267,8 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
         access_log: file.log.access_log.unwrap_or(true),
     };
 
+    let acme = build_acme(&mut c, file.acme);
+
     if c.errors.is_empty() {
         Ok(Config {
             listen,
@@ -261,6 +277,7 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
             proxy,
             shutdown,
             log,
+            acme,
         })
     } else {
         Err(c.errors)
@@ -312,6 +329,45 @@ fn build_ingress(c: &mut Check, file: IngressFile) -> IngressConfig {
         serve_without_class: file.serve_without_class.unwrap_or(false),
         https_redirect_port,
         default_certificate,
+    }
+}
+
+fn build_acme(c: &mut Check, file: AcmeFile) -> AcmeConfig {
+    let default_issuer = match file.default_issuer.as_deref() {
+        None | Some("") => None,
+        Some(raw) => match crate::acme::issuer::IssuerRef::parse_config(raw) {
+            Some(choice) => Some(choice),
+            None => {
+                c.fail(
+                    "acme.default-issuer",
+                    format!("{raw:?} is not ClusterIssuer/<name> or Issuer/<name>"),
+                );
+                None
+            }
+        },
+    };
+    let namespace = file
+        .cluster_resource_namespace
+        .unwrap_or_else(|| DEFAULT_CLUSTER_RESOURCE_NAMESPACE.to_owned());
+    if !is_dns_label(&namespace) {
+        c.fail(
+            "acme.cluster-resource-namespace",
+            format!("{namespace:?} is not a namespace name"),
+        );
+    }
+    AcmeConfig {
+        default_issuer,
+        cluster_resource_namespace: namespace,
+        retry_backoff: c.positive_duration(
+            "acme.retry-backoff",
+            file.retry_backoff.as_deref(),
+            DEFAULT_RETRY_BACKOFF,
+        ),
+        retry_backoff_max: c.positive_duration(
+            "acme.retry-backoff-max",
+            file.retry_backoff_max.as_deref(),
+            DEFAULT_RETRY_BACKOFF_MAX,
+        ),
     }
 }
 

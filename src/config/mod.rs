@@ -26,6 +26,19 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub shutdown: Shutdown,
     pub log: LogConfig,
+    pub acme: AcmeConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcmeConfig {
+    /// The issuer for Ingresses with `spec.tls` but no cert-manager annotation.
+    pub default_issuer: Option<(crate::acme::issuer::IssuerKind, String)>,
+    /// Where the Secrets of ClusterIssuers live (account keys, CA keys, EAB keys).
+    pub cluster_resource_namespace: String,
+    /// Delay before retrying a failed order; ten times longer per further failure, at most a day.
+    pub retry_backoff: Duration,
+    /// The longest delay between retries.
+    pub retry_backoff_max: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]

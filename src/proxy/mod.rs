@@ -21,6 +21,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use self::headers::*;
 use crate::access_log::{self, AccessLog};
+use crate::acme::challenge::Answer;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::routing::Route;
@@ -183,6 +184,43 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(token) = session
+            .req_header()
+            .uri
+            .path()
+            .strip_prefix(ACME_CHALLENGE_PREFIX)
+        {
+            let answer = {
+                let snapshot = self.published.load();
+                if snapshot.challenges.is_empty() {
+                    Answer::NotManaged
+                } else {
+                    let mut buf = [0; MAX_HOST_LEN];
+                    snapshot
+                        .challenges
+                        .answer(routing_host(session.req_header(), &mut buf), token)
+                }
+            };
+            match answer {
+                Answer::Respond(key_authorization) => {
+                    self.metrics
+                        .acme_challenges
+                        .with_label_values(&["answered"])
+                        .inc();
+                    respond::exact(session, 200, key_authorization, None).await?;
+                    return Ok(true);
+                }
+                Answer::BadToken => {
+                    self.metrics
+                        .acme_challenges
+                        .with_label_values(&["bad_token"])
+                        .inc();
+                    respond::text(session, 404, "404 not found: not an ACME challenge token", None).await?;
+                    return Ok(true);
+                }
+                Answer::NotManaged => {}
+            }
+        }
         let req = session.req_header();
         if head_size(req) > self.config.max_request_header_bytes {
             respond::text(session, 431, "request header fields too large", None).await?;
@@ -215,11 +253,10 @@ impl ProxyHttp for Proxy {
         if !ctx.tls
             && policy.redirect_https
             && !session.req_header().uri.path().starts_with(ACME_CHALLENGE_PREFIX)
+            && let Some(location) = self.redirect_location(session.req_header())
         {
-            if let Some(location) = self.redirect_location(session.req_header()) {
-                respond::text(session, 308, "308 permanent redirect to HTTPS", Some(&location)).await?;
-                return Ok(true);
-            }
+            respond::text(session, 308, "308 permanent redirect to HTTPS", Some(&location)).await?;
+            return Ok(true);
         }
         if let Some(why) = route.backend.why_unavailable() {
             let body = format!(

@@ -5,14 +5,24 @@ use pingora::Result;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-/// Writes a short `text/plain` answer. `location` is set for redirects.
+/// Writes a short `text/plain` answer, with a final newline. `location` is set for redirects.
 pub(super) async fn text(
     session: &mut Session,
     status: u16,
     body: &str,
     location: Option<&str>,
 ) -> Result<()> {
-    let body = Bytes::from(format!("{body}\n"));
+    exact(session, status, format!("{body}\n"), location).await
+}
+
+/// Writes `body` as `text/plain`, byte for byte.
+pub(super) async fn exact(
+    session: &mut Session,
+    status: u16,
+    body: String,
+    location: Option<&str>,
+) -> Result<()> {
+    let body = Bytes::from(body);
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

@@ -12,8 +12,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::World;
-use super::manifest::{self, Document, Kind, Object, ObjectId};
+use super::manifest::{self, Document, ObjectId};
+use super::{SharedObject, World};
 use crate::problem::{Problem, Subject};
 
 /// Directories deeper than this are not descended into (guards against symlink loops).
@@ -22,7 +22,7 @@ const MAX_DEPTH: usize = 16;
 #[derive(Debug)]
 struct FileState {
     stamp: (SystemTime, u64),
-    objects: BTreeMap<ObjectId, Arc<Object>>,
+    objects: BTreeMap<ObjectId, SharedObject>,
     problems: Vec<Problem>,
 }
 
@@ -112,7 +112,7 @@ impl FilesSource {
                     continue;
                 }
                 seen.insert(id, path);
-                insert(&mut world, id, object);
+                world.insert(id.key.clone(), object.clone());
             }
         }
         world
@@ -252,7 +252,7 @@ fn read_file(path: &Path, stamp: (SystemTime, u64), previous: Option<FileState>)
                         format!("unknown field {field} (in {}); it is ignored", path.display()),
                     ));
                 }
-                objects.insert(id, Arc::new(*object));
+                objects.insert(id, SharedObject::from(*object));
             }
             Document::Invalid { id, reason } => {
                 let kept = previous_objects.get(&id);
@@ -285,7 +285,7 @@ fn read_file(path: &Path, stamp: (SystemTime, u64), previous: Option<FileState>)
     }
 }
 
-fn keeping(reason: &str, previous: &BTreeMap<ObjectId, Arc<Object>>) -> String {
+fn keeping(reason: &str, previous: &BTreeMap<ObjectId, SharedObject>) -> String {
     if previous.is_empty() {
         reason.to_owned()
     } else {
@@ -298,28 +298,6 @@ fn keeping(reason: &str, previous: &BTreeMap<ObjectId, Arc<Object>>) -> String {
 
 fn subject(id: &ObjectId) -> Subject {
     Subject::object(id.kind.name(), &id.key.namespace, &id.key.name)
-}
-
-fn insert(world: &mut World, id: &ObjectId, object: &Arc<Object>) {
-    let key = id.key.clone();
-    match (&**object, id.kind) {
-        (Object::Ingress(o), Kind::Ingress) => {
-            world.ingresses.insert(key, Arc::new(o.clone()));
-        }
-        (Object::IngressClass(o), Kind::IngressClass) => {
-            world.ingress_classes.insert(key.name, Arc::new(o.clone()));
-        }
-        (Object::Service(o), Kind::Service) => {
-            world.services.insert(key, Arc::new(o.clone()));
-        }
-        (Object::EndpointSlice(o), Kind::EndpointSlice) => {
-            world.endpoint_slices.insert(key, Arc::new(o.clone()));
-        }
-        (Object::Secret(o), Kind::Secret) => {
-            world.secrets.insert(key, Arc::new(o.clone()));
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]

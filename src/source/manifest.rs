@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ObjectKey;
+use super::cert_manager::IssuerObject;
 
 /// The kinds pylon reads, with their `apiVersion`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,6 +24,8 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Secret,
+    ClusterIssuer,
+    Issuer,
 }
 
 impl Kind {
@@ -33,6 +36,8 @@ impl Kind {
             ("v1", "Service") => Some(Self::Service),
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Self::EndpointSlice),
             ("v1", "Secret") => Some(Self::Secret),
+            ("cert-manager.io/v1", "ClusterIssuer") => Some(Self::ClusterIssuer),
+            ("cert-manager.io/v1", "Issuer") => Some(Self::Issuer),
             _ => None,
         }
     }
@@ -44,11 +49,13 @@ impl Kind {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
             Self::Secret => "Secret",
+            Self::ClusterIssuer => "ClusterIssuer",
+            Self::Issuer => "Issuer",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Self::IngressClass
+        !matches!(self, Self::IngressClass | Self::ClusterIssuer)
     }
 }
 
@@ -80,6 +87,8 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
+    ClusterIssuer(IssuerObject),
+    Issuer(IssuerObject),
 }
 
 /// One document of a manifest file.
@@ -212,6 +221,12 @@ fn typed(kind: Kind, value: Value, namespace: &str) -> Result<Object, String> {
             merge_string_data(&mut o);
             Object::Secret(o)
         }
+        Kind::ClusterIssuer => Object::ClusterIssuer(serde_json::from_value(value).map_err(err)?),
+        Kind::Issuer => {
+            let mut o: IssuerObject = serde_json::from_value(value).map_err(err)?;
+            o.metadata.namespace = ns;
+            Object::Issuer(o)
+        }
     })
 }
 
@@ -233,6 +248,7 @@ impl Object {
             Self::Service(o) => serde_json::to_value(o),
             Self::EndpointSlice(o) => serde_json::to_value(o),
             Self::Secret(o) => serde_json::to_value(o),
+            Self::ClusterIssuer(o) | Self::Issuer(o) => serde_json::to_value(o),
         }
     }
 }
@@ -243,7 +259,8 @@ fn unknown(raw: &Value, known: &Value, path: String, out: &mut Vec<String>) {
         (Value::Object(r), Value::Object(k)) => {
             for (key, value) in r {
                 // Fields the API server handles itself or that we merged away.
-                if path.is_empty() && (key == "status" || key == "stringData") {
+                if path.is_empty() && matches!(key.as_str(), "status" | "stringData" | "apiVersion" | "kind")
+                {
                     continue;
                 }
                 let child = if path.is_empty() {

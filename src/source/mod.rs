@@ -1,6 +1,7 @@
 //! Sources turn the outside world into a [`World`]: the same k8s-openapi objects whether they
 //! come from manifest files or (later) from the API server.
 
+pub mod cert_manager;
 pub mod files;
 pub mod manifest;
 
@@ -12,6 +13,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
+use self::cert_manager::IssuerObject;
 use crate::problem::Problem;
 
 /// `namespace/name` of a namespaced object.
@@ -36,6 +38,48 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// An object pylon reads, shared: cloning it does not copy the object.
+#[derive(Clone, Debug)]
+pub enum SharedObject {
+    Ingress(Arc<Ingress>),
+    IngressClass(Arc<IngressClass>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Secret(Arc<Secret>),
+    ClusterIssuer(Arc<IssuerObject>),
+    Issuer(Arc<IssuerObject>),
+}
+
+impl From<manifest::Object> for SharedObject {
+    fn from(object: manifest::Object) -> Self {
+        use manifest::Object;
+        match object {
+            Object::Ingress(o) => Self::Ingress(Arc::new(o)),
+            Object::IngressClass(o) => Self::IngressClass(Arc::new(o)),
+            Object::Service(o) => Self::Service(Arc::new(o)),
+            Object::EndpointSlice(o) => Self::EndpointSlice(Arc::new(o)),
+            Object::Secret(o) => Self::Secret(Arc::new(o)),
+            Object::ClusterIssuer(o) => Self::ClusterIssuer(Arc::new(o)),
+            Object::Issuer(o) => Self::Issuer(Arc::new(o)),
+        }
+    }
+}
+
+impl World {
+    /// Adds an object; cluster-scoped kinds are keyed by name only.
+    pub fn insert(&mut self, key: ObjectKey, object: SharedObject) {
+        match object {
+            SharedObject::Ingress(o) => drop(self.ingresses.insert(key, o)),
+            SharedObject::IngressClass(o) => drop(self.ingress_classes.insert(key.name, o)),
+            SharedObject::Service(o) => drop(self.services.insert(key, o)),
+            SharedObject::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
+            SharedObject::Secret(o) => drop(self.secrets.insert(key, o)),
+            SharedObject::ClusterIssuer(o) => drop(self.cluster_issuers.insert(key.name, o)),
+            SharedObject::Issuer(o) => drop(self.issuers.insert(key, o)),
+        }
+    }
+}
+
 /// Every object pylon reads, as one consistent view.
 #[derive(Clone, Debug, Default)]
 pub struct World {
@@ -45,6 +89,10 @@ pub struct World {
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
+    /// cert-manager `ClusterIssuer`s, by name.
+    pub cluster_issuers: BTreeMap<String, Arc<IssuerObject>>,
+    /// cert-manager `Issuer`s.
+    pub issuers: BTreeMap<ObjectKey, Arc<IssuerObject>>,
     /// Problems the source found while reading (unparseable files, invalid objects).
     pub problems: Vec<Problem>,
 }

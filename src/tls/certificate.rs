@@ -40,6 +40,8 @@ impl Error {
 #[derive(Clone, Debug)]
 pub struct Certificate {
     pub key: Arc<CertifiedKey>,
+    /// Start of validity of the leaf, Unix seconds.
+    pub not_before: i64,
     /// Expiry of the leaf, Unix seconds.
     pub not_after: i64,
     /// DNS names of the leaf's subjectAltName extension.
@@ -57,6 +59,7 @@ impl Certificate {
             .map_err(|e| Error::CertificatePem(e.to_string()))?;
         let leaf = chain.first().ok_or(Error::NoCertificate)?;
         let (_, x509) = X509Certificate::from_der(leaf).map_err(|e| Error::CertificateDer(e.to_string()))?;
+        let not_before = x509.validity().not_before.timestamp();
         let not_after = x509.validity().not_after.timestamp();
         let serial = x509.raw_serial_as_string().replace(':', "");
         let dns_names = match x509.subject_alternative_name() {
@@ -88,6 +91,7 @@ impl Certificate {
         }
         Ok(Self {
             key: Arc::new(certified),
+            not_before,
             not_after,
             dns_names,
             serial,

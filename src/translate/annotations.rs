@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::acme::keys::KeySpec;
 use crate::config::ByteSize;
 
 pub const NGINX: &str = "nginx.ingress.kubernetes.io/";
@@ -22,6 +23,31 @@ pub struct Annotations {
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
+    /// cert-manager's ingress-shim annotations.
+    pub certificate: CertAnnotations,
+}
+
+/// Which issuer an Ingress asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssuerChoice {
+    /// `cert-manager.io/cluster-issuer`
+    Cluster(String),
+    /// `cert-manager.io/issuer`, in the Ingress's namespace
+    Namespaced(String),
+    /// `kubernetes.io/tls-acme: "true"`: the configured default issuer
+    Default,
+}
+
+/// What cert-manager's annotations say about the certificates of an Ingress's TLS entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertAnnotations {
+    pub issuer: Option<IssuerChoice>,
+    pub common_name: Option<String>,
+    /// Added to each TLS entry's hosts.
+    pub alt_names: Vec<String>,
+    pub duration: Option<Duration>,
+    pub renew_before: Option<Duration>,
+    pub key: KeySpec,
 }
 
 impl Default for Annotations {
@@ -33,6 +59,7 @@ impl Default for Annotations {
             connect_timeout: None,
             read_timeout: None,
             write_timeout: None,
+            certificate: CertAnnotations::default(),
         }
     }
 }
@@ -121,13 +148,122 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Parsed {
     for (key, value) in annotations {
         if let Some(name) = key.strip_prefix(NGINX) {
             nginx(name, key, value, &mut out);
-        } else if key.starts_with(CERT_MANAGER) {
-            out.notes.push(format!(
-                "annotation {key} is not acted on yet: pylon does not order certificates in this version"
-            ));
         }
     }
+    cert_manager(annotations, &mut out);
     out
+}
+
+/// cert-manager annotations pylon reads; the solver overrides are no-ops for an in-process solver.
+const CERT_MANAGER_KNOWN: &[&str] = &[
+    "cluster-issuer",
+    "issuer",
+    "issuer-kind",
+    "issuer-group",
+    "common-name",
+    "alt-names",
+    "duration",
+    "renew-before",
+    "private-key-algorithm",
+    "private-key-size",
+    "issue-temporary-certificate",
+];
+const TLS_ACME: &str = "kubernetes.io/tls-acme";
+
+fn cert_manager(annotations: &BTreeMap<String, String>, out: &mut Parsed) {
+    let get = |name: &str| {
+        annotations
+            .get(&format!("{CERT_MANAGER}{name}"))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let mut errors = Vec::new();
+    let mut fail =
+        |name: &str, reason: String| errors.push(format!("annotation {CERT_MANAGER}{name}: {reason}"));
+    let c = &mut out.annotations.certificate;
+    c.issuer = match (get("cluster-issuer"), get("issuer")) {
+        (Some(_), Some(_)) => {
+            fail("issuer", "set cluster-issuer or issuer, not both".into());
+            None
+        }
+        (Some(name), None) => Some(IssuerChoice::Cluster(name.to_owned())),
+        (None, Some(name)) => match get("issuer-kind") {
+            Some("ClusterIssuer") => Some(IssuerChoice::Cluster(name.to_owned())),
+            None | Some("Issuer") => Some(IssuerChoice::Namespaced(name.to_owned())),
+            Some(kind) => {
+                fail(
+                    "issuer-kind",
+                    format!("{kind:?}: external issuers are not supported"),
+                );
+                None
+            }
+        },
+        (None, None) => match annotations.get(TLS_ACME).map(String::as_str) {
+            Some("true") => Some(IssuerChoice::Default),
+            _ => None,
+        },
+    };
+    if let Some(group) = get("issuer-group").filter(|g| *g != "cert-manager.io") {
+        fail(
+            "issuer-group",
+            format!("{group:?}: external issuers are not supported"),
+        );
+    }
+    c.common_name = get("common-name").map(str::to_owned);
+    c.alt_names = get("alt-names")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    c.duration = get("duration").and_then(|v| match parse_go_duration(v) {
+        Ok(d) if d >= Duration::from_secs(3600) => Some(d),
+        Ok(_) => {
+            fail("duration", format!("{v:?} is shorter than 1h"));
+            None
+        }
+        Err(e) => {
+            fail("duration", e);
+            None
+        }
+    });
+    c.renew_before = get("renew-before").and_then(|v| match parse_go_duration(v) {
+        Ok(d) if d >= Duration::from_secs(300) => Some(d),
+        Ok(_) => {
+            fail("renew-before", format!("{v:?} is shorter than 5m"));
+            None
+        }
+        Err(e) => {
+            fail("renew-before", e);
+            None
+        }
+    });
+    if let (Some(d), Some(rb)) = (c.duration, c.renew_before)
+        && rb >= d
+    {
+        fail("renew-before", "must be shorter than the duration".into());
+    }
+    match KeySpec::from_annotations(get("private-key-algorithm"), get("private-key-size")) {
+        Ok(k) => c.key = k,
+        Err(e) => fail("private-key-algorithm", e),
+    }
+    out.errors.extend(errors);
+    for key in annotations.keys() {
+        if let Some(name) = key.strip_prefix(CERT_MANAGER)
+            && !CERT_MANAGER_KNOWN.contains(&name)
+        {
+            out.notes
+                .push(format!("annotation {key} is not supported; it is ignored"));
+        }
+    }
+}
+
+/// A Go duration as cert-manager takes it: `2160h`, `1h30m`, `45m0s`.
+fn parse_go_duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v).map_err(|_| format!("{v:?} is not a duration like 2160h or 720h30m"))
 }
 
 fn nginx(name: &str, key: &str, value: &str, out: &mut Parsed) {
@@ -223,6 +359,7 @@ mod tests {
                 connect_timeout: Some(Duration::from_secs(2)),
                 read_timeout: Some(Duration::from_secs(3600)),
                 write_timeout: None,
+                certificate: CertAnnotations::default(),
             }
         );
     }
@@ -255,5 +392,49 @@ mod tests {
         assert!(p.errors.is_empty());
         assert_eq!(p.notes.len(), 3);
         assert_eq!(p.annotations, Annotations::default());
+    }
+
+    #[test]
+    fn reads_cert_manager_annotations() {
+        let p = parse_map(&[
+            ("cert-manager.io/cluster-issuer", "letsencrypt"),
+            ("cert-manager.io/common-name", "app.example.com"),
+            ("cert-manager.io/alt-names", "www.example.com, api.example.com"),
+            ("cert-manager.io/duration", "2160h"),
+            ("cert-manager.io/renew-before", "360h"),
+            ("cert-manager.io/private-key-algorithm", "RSA"),
+            ("cert-manager.io/private-key-size", "4096"),
+            ("acme.cert-manager.io/http01-edit-in-place", "true"),
+        ]);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        let c = &p.annotations.certificate;
+        assert_eq!(c.issuer, Some(IssuerChoice::Cluster("letsencrypt".into())));
+        assert_eq!(c.alt_names, ["www.example.com", "api.example.com"]);
+        assert_eq!(c.duration, Some(Duration::from_secs(2160 * 3600)));
+        assert_eq!(c.renew_before, Some(Duration::from_secs(360 * 3600)));
+        assert_eq!(c.key, KeySpec::Rsa(4096));
+
+        let p = parse_map(&[("kubernetes.io/tls-acme", "true")]);
+        assert_eq!(p.annotations.certificate.issuer, Some(IssuerChoice::Default));
+        let p = parse_map(&[("cert-manager.io/issuer", "local")]);
+        assert_eq!(
+            p.annotations.certificate.issuer,
+            Some(IssuerChoice::Namespaced("local".into()))
+        );
+    }
+
+    #[test]
+    fn bad_cert_manager_annotations_are_errors() {
+        let p = parse_map(&[
+            ("cert-manager.io/cluster-issuer", "a"),
+            ("cert-manager.io/issuer", "b"),
+            ("cert-manager.io/duration", "10m"),
+            ("cert-manager.io/private-key-size", "521"),
+            ("cert-manager.io/issuer-group", "awspca.cert-manager.io"),
+            ("cert-manager.io/subject-organizations", "ACME"),
+        ]);
+        assert_eq!(p.errors.len(), 4, "{:?}", p.errors);
+        assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
     }
 }

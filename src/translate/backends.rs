@@ -66,23 +66,23 @@ impl<'w> Backends<'w> {
                 b
             }
         };
-        if let Some(why) = backend.why_unavailable() {
-            if self.reported.insert((ingress.clone(), id.clone())) {
-                let (reason, what) = match why {
-                    Unavailable::ServiceMissing => ("service_missing", "Service not found"),
-                    Unavailable::PortMissing => ("service_port_missing", "the Service has no such port"),
-                    Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
-                    Unavailable::ExternalNameUnsupported => (
-                        "external_name_unsupported",
-                        "ExternalName Services are not supported yet",
-                    ),
-                };
-                problems.push(Problem::warning(
-                    Subject::object("Ingress", &ingress.namespace, &ingress.name),
-                    reason,
-                    format!("backend {id}: {what}; requests get 503"),
-                ));
-            }
+        if let Some(why) = backend.why_unavailable()
+            && self.reported.insert((ingress.clone(), id.clone()))
+        {
+            let (reason, what) = match why {
+                Unavailable::ServiceMissing => ("service_missing", "Service not found"),
+                Unavailable::PortMissing => ("service_port_missing", "the Service has no such port"),
+                Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
+                Unavailable::ExternalNameUnsupported => (
+                    "external_name_unsupported",
+                    "ExternalName Services are not supported yet",
+                ),
+            };
+            problems.push(Problem::warning(
+                Subject::object("Ingress", &ingress.namespace, &ingress.name),
+                reason,
+                format!("backend {id}: {what}; requests get 503"),
+            ));
         }
         backend
     }

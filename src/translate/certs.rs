@@ -41,13 +41,18 @@ impl<'a> Certs<'a> {
 
     /// The certificate of `secret`, referenced by `ingress`'s TLS section. Problems with the
     /// Secret are reported once, on the Secret; a missing Secret is reported on the Ingress.
+    /// A missing Secret is reported unless `report_missing` is false (pylon is about to issue it).
     pub(super) fn load(
         &mut self,
         secret: &ObjectKey,
         ingress: &ObjectKey,
+        report_missing: bool,
         problems: &mut Vec<Problem>,
     ) -> Option<Arc<Certificate>> {
         if !self.world.secrets.contains_key(secret) {
+            if !report_missing {
+                return None;
+            }
             problems.push(Problem::warning(
                 Subject::object("Ingress", &ingress.namespace, &ingress.name),
                 "tls_secret_missing",
@@ -118,7 +123,9 @@ impl<'a> Certs<'a> {
             }
         };
         let subject = Subject::object("Secret", &key.namespace, &key.name);
-        if let Err(e) = &memo.parsed {
+        // A Secret pylon created before its first certificate holds only order state.
+        let awaiting_issue = crt.is_none() && crate::acme::state::managed_by_pylon(secret);
+        if let (Err(e), false) = (&memo.parsed, awaiting_issue) {
             let tail = if memo.last_good.is_some() {
                 "; the previous certificate stays in service"
             } else {
@@ -138,6 +145,13 @@ impl<'a> Certs<'a> {
             }
         }
         memo
+    }
+
+    /// The certificate of a Secret pylon manages, if it holds a valid one.
+    pub(super) fn managed(&mut self, key: &ObjectKey) -> Option<Arc<Certificate>> {
+        let mut ignored = Vec::new();
+        self.certificate(key, &mut ignored);
+        self.next.get(key)?.parsed.as_ref().ok().cloned()
     }
 
     pub(super) fn finish(self) -> (HashMap<ObjectKey, CertMemo>, Vec<CertificateInUse>) {

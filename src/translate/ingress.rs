@@ -86,10 +86,10 @@ pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<St
                 None
             }
         };
-        if let Some(h) = &host {
-            if !rule_hosts.contains(h) {
-                rule_hosts.push(h.clone());
-            }
+        if let Some(h) = &host
+            && !rule_hosts.contains(h)
+        {
+            rule_hosts.push(h.clone());
         }
         let Some(http) = &rule.http else { continue };
         for (j, p) in http.paths.iter().enumerate() {

@@ -6,6 +6,7 @@
 
 pub mod annotations;
 mod backends;
+mod certificates;
 mod certs;
 pub mod ingress;
 
@@ -18,7 +19,9 @@ use k8s_openapi::api::networking::v1::Ingress;
 use self::backends::Backends;
 use self::certs::{CertMemo, Certs};
 use self::ingress::{ParsedIngress, ServiceRef};
-use crate::config::IngressConfig;
+use crate::acme::issuer::IssuerKind;
+use crate::acme::request::CertificateRequest;
+use crate::config::{AcmeConfig, IngressConfig};
 use crate::metrics::{CounterKey, RequestCounters};
 use crate::problem::{Problem, Subject};
 use crate::routing::{HostPattern, IngressRef, Policy, Route, RouteTableBuilder};
@@ -40,11 +43,17 @@ pub struct Settings {
     pub default_certificate: Option<ObjectKey>,
     /// Served when no certificate matches and no default Secret is configured (or usable).
     pub fallback_certificate: Arc<Certificate>,
+    /// The issuer for Ingresses with TLS but no cert-manager annotation.
+    pub default_issuer: Option<(IssuerKind, String)>,
+    /// Where the Secrets of ClusterIssuers live (account keys, CA keys).
+    pub cluster_resource_namespace: String,
 }
 
 impl Settings {
-    pub fn new(config: &IngressConfig, fallback_certificate: Certificate) -> Self {
+    pub fn new(config: &IngressConfig, acme: &AcmeConfig, fallback_certificate: Certificate) -> Self {
         Self {
+            default_issuer: acme.default_issuer.clone(),
+            cluster_resource_namespace: acme.cluster_resource_namespace.clone(),
             controller: config.controller.clone(),
             extra_classes: config.classes.clone(),
             serve_without_class: config.serve_without_class,
@@ -81,6 +90,8 @@ pub struct Translation {
     pub certificates: Vec<CertificateInUse>,
     /// Ingresses left to other controllers, with the class they name (if any).
     pub ignored: Vec<(ObjectKey, Option<String>)>,
+    /// Certificates pylon should obtain or keep renewed.
+    pub requests: Vec<CertificateRequest>,
 }
 
 /// Builds the next snapshot from `world`, reusing what `previous` already parsed.
@@ -98,10 +109,12 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
     let mut tls_hosts = TlsHosts::default();
     let mut cert_owner: HashMap<HostPattern, (ObjectKey, Option<String>)> = HashMap::default();
     for ing in &served {
+        let issues_certificates =
+            ing.annotations.certificate.issuer.is_some() || settings.default_issuer.is_some();
         for entry in &ing.tls {
             let cert = entry.secret.as_ref().and_then(|name| {
                 let key = ObjectKey::new(ing.key.namespace.clone(), name.clone());
-                certs.load(&key, &ing.key, &mut problems)
+                certs.load(&key, &ing.key, !issues_certificates, &mut problems)
             });
             for host in &entry.hosts {
                 tls_hosts.insert(host);
@@ -109,9 +122,10 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
                 match index.add(host, cert.key.clone()) {
                     Ok(()) => {
                         cert_owner.insert(host.clone(), (ing.key.clone(), entry.secret.clone()));
-                        if let HostPattern::Exact(h) = host {
-                            if !cert.covers(h.as_str()) {
-                                problems.push(Problem::warning(
+                        if let HostPattern::Exact(h) = host
+                            && !cert.covers(h.as_str())
+                        {
+                            problems.push(Problem::warning(
                                     ingress_subject(&ing.key),
                                     "certificate_name_mismatch",
                                     format!(
@@ -119,7 +133,6 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
                                         entry.secret.as_deref().unwrap_or_default()
                                     ),
                                 ));
-                            }
                         }
                     }
                     Err(_) => {
@@ -219,6 +232,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
         }
     }
 
+    let wanted = certificates::certificates(&served, world, settings, &mut certs, &mut problems);
     let (cert_memo, certificates) = certs.finish();
     memo.certs = cert_memo;
     problems.sort();
@@ -228,12 +242,14 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
             generation: previous.generation + 1,
             routes: table.build(),
             certs: index.build(),
+            challenges: wanted.challenges,
             counters,
             memo,
         },
         problems,
         certificates,
         ignored,
+        requests: wanted.requests,
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::{FileConfig, Overrides};
-use crate::source::manifest::{self, Document, Object};
+use crate::source::manifest::{self, Document};
 
 fn world(yaml: &str) -> World {
     let mut w = World::default();
@@ -12,24 +12,7 @@ fn world(yaml: &str) -> World {
         let Document::Object { id, object, .. } = doc else {
             panic!("test manifest is invalid: {doc:?}")
         };
-        let key = id.key;
-        match *object {
-            Object::Ingress(o) => {
-                w.ingresses.insert(key, Arc::new(o));
-            }
-            Object::IngressClass(o) => {
-                w.ingress_classes.insert(key.name, Arc::new(o));
-            }
-            Object::Service(o) => {
-                w.services.insert(key, Arc::new(o));
-            }
-            Object::EndpointSlice(o) => {
-                w.endpoint_slices.insert(key, Arc::new(o));
-            }
-            Object::Secret(o) => {
-                w.secrets.insert(key, Arc::new(o));
-            }
-        }
+        w.insert(id.key, (*object).into());
     }
     w
 }
@@ -38,6 +21,7 @@ fn settings(toml: &str) -> Settings {
     let config = Config::build(FileConfig::parse(toml).unwrap(), &Overrides::default()).unwrap();
     Settings::new(
         &config.ingress,
+        &config.acme,
         crate::tls::self_signed("default.invalid").unwrap(),
     )
 }
@@ -588,13 +572,7 @@ mod no_panics {
         let mut w = World::default();
         for doc in docs {
             if let Document::Object { id, object, .. } = doc {
-                match *object {
-                    Object::Ingress(o) => drop(w.ingresses.insert(id.key, Arc::new(o))),
-                    Object::IngressClass(o) => drop(w.ingress_classes.insert(id.key.name, Arc::new(o))),
-                    Object::Service(o) => drop(w.services.insert(id.key, Arc::new(o))),
-                    Object::EndpointSlice(o) => drop(w.endpoint_slices.insert(id.key, Arc::new(o))),
-                    Object::Secret(o) => drop(w.secrets.insert(id.key, Arc::new(o))),
-                }
+                w.insert(id.key, (*object).into());
             }
         }
         let s = settings("[ingress]\nserve-without-class = true");

@@ -14,24 +14,29 @@ fn pylon(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn repo(path: &str) -> String {
-    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[test]
 fn check_prints_the_route_table_of_the_examples() {
-    let (code, out, err) = pylon(&[
-        "check",
-        "--config",
-        &repo("config/pylon.toml"),
-        "--manifests",
-        &repo("config/examples"),
-    ]);
+    // local.toml's paths are relative to the repository root.
+    let out = Command::new(env!("CARGO_BIN_EXE_pylon"))
+        .args(["check", "--config", "config/local.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run pylon");
+    let (code, out, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("app.localhost"), "{out}");
     assert!(out.contains("*.apps.localhost"), "{out}");
     assert!(out.contains("https-redirect"), "{out}");
     assert!(out.contains("no problems"), "{out}");
+    assert!(
+        out.contains("default/app-localhost-tls"),
+        "certificates to issue are listed: {out}"
+    );
+    assert!(out.contains("ClusterIssuer example-ca"), "{out}");
 }
 
 #[test]
