@@ -67,6 +67,8 @@ pub struct Manager {
     accounts: HashMap<String, (String, Account)>,
     /// Directories known to lack ACME Renewal Information.
     no_ari: HashSet<String>,
+    /// Issuers whose recorded account URL the server no longer knows.
+    stale_accounts: HashSet<String>,
     /// What pylon last wrote to each Secret, until the source reads it back.
     written: HashMap<ObjectKey, SecretWrite>,
 }
@@ -105,6 +107,7 @@ impl Manager {
             options,
             accounts: HashMap::default(),
             no_ari: HashSet::default(),
+            stale_accounts: HashSet::default(),
             written: HashMap::default(),
         }
     }
@@ -232,6 +235,8 @@ impl Manager {
             },
             Method::Acme(acme) => self.acme(req, acme, &view, why == "renewal").await,
         };
+        // The attempt may have recorded progress: build on the newest content.
+        let view = self.view(req);
         match result {
             Ok(issued) => {
                 self.store_certificate(req, &view, issued, started.elapsed())
@@ -349,6 +354,7 @@ impl Manager {
         );
         if failure.account_gone {
             self.accounts.remove(&issuer);
+            self.stale_accounts.insert(issuer.clone());
         }
         let write = certificate_secret(req, state, view.data.clone());
         match self.store.write(&write).await {
@@ -533,8 +539,10 @@ impl Manager {
         {
             return Ok(account.clone());
         }
-        let opened = order::open_account(acme, &req.material, false).await?;
-        if opened.store {
+        let stale = self.stale_accounts.contains(&issuer);
+        let opened = order::open_account(acme, &req.material, stale).await?;
+        self.stale_accounts.remove(&issuer);
+        if opened.store && req.material.account_secret_writable {
             let Some(secret) = &req.material.account_secret else {
                 return Err(Failure::new("client_error", "no account Secret"));
             };

@@ -34,6 +34,8 @@ pub struct IssuerMaterial {
     /// ACME: where pylon keeps the account key (the named Secret, or a sibling when the named
     /// one holds a key pylon cannot use).
     pub account_secret: Option<ObjectKey>,
+    /// Whether pylon may write that Secret (it does not exist, or pylon created it).
+    pub account_secret_writable: bool,
     pub account_key: Option<AccountKey>,
     /// The account URL recorded with the key, if it belongs to this directory.
     pub account_url: Option<String>,

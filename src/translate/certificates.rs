@@ -256,6 +256,10 @@ fn check_issuer(
                     .then(|| a.get(state::ACCOUNT_URL).cloned())
                     .flatten()
             });
+            material.account_secret_writable = world
+                .secrets
+                .get(&secret)
+                .is_none_or(|s| state::managed_by_pylon(s));
             material.account_secret = Some(secret);
             material.account_key = key;
             if let Some(eab) = &acme.external_account {

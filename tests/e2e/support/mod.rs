@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod pebble;
 pub mod pylon;
 pub mod upstream;
 

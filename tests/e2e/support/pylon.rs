@@ -4,14 +4,21 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
 /// A running pylon; killed by pid when dropped.
 pub struct Pylon {
     child: Option<Child>,
-    dir: TempDir,
+    /// Manifests, state, configuration and logs; shared by pylons started beside this one.
+    dir: Arc<TempDir>,
+    /// Distinguishes the files of pylons sharing a directory.
+    id: usize,
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
@@ -37,11 +44,26 @@ impl Pylon {
     }
 
     pub fn start_with(manifests: &[(&str, &str)], options: Options) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let manifest_dir = dir.path().join("manifests");
+        std::fs::create_dir(&manifest_dir).expect("manifest dir");
+        for (name, yaml) in manifests {
+            std::fs::write(manifest_dir.join(name), yaml).expect("write manifest");
+        }
+        Self::start_in(dir, &options)
+    }
+
+    /// Another pylon reading the same manifests and state directory (as replicas do).
+    pub fn start_beside(&self, options: Options) -> Self {
+        Self::start_in(self.dir.clone(), &options)
+    }
+
+    fn start_in(dir: Arc<TempDir>, options: &Options) -> Self {
         // Ports are chosen by the OS, released, then handed to pylon; if another process takes
         // one in between, start again with new ports.
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(manifests, &options) {
+            match Self::try_start(dir.clone(), options, None) {
                 Ok(p) => return p,
                 Err(e) => last_error = e,
             }
@@ -49,16 +71,36 @@ impl Pylon {
         panic!("pylon did not start: {last_error}");
     }
 
-    fn try_start(manifests: &[(&str, &str)], options: &Options) -> Result<Self, String> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let manifest_dir = dir.path().join("manifests");
-        std::fs::create_dir(&manifest_dir).expect("manifest dir");
-        for (name, yaml) in manifests {
-            std::fs::write(manifest_dir.join(name), yaml).expect("write manifest");
+    /// Kills this pylon (as a crash would) and starts a new one on the same ports and
+    /// directories.
+    pub fn restart(&mut self, options: Options) {
+        self.kill();
+        let ports = (self.http, self.https, self.admin);
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            match Self::try_start(self.dir.clone(), &options, Some(ports)) {
+                Ok(p) => {
+                    *self = p;
+                    return;
+                }
+                Err(e) => last_error = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let https: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        panic!("pylon did not restart: {last_error}");
+    }
+
+    fn try_start(
+        dir: Arc<TempDir>,
+        options: &Options,
+        ports: Option<(SocketAddr, SocketAddr, SocketAddr)>,
+    ) -> Result<Self, String> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let manifest_dir = dir.path().join("manifests");
+        let (http, https, admin) = ports.unwrap_or_else(|| {
+            let local = |p| SocketAddr::from(([127, 0, 0, 1], p));
+            (local(free_port()), local(free_port()), local(free_port()))
+        });
         let config = format!(
             r#"
 [listen]
@@ -85,20 +127,21 @@ level = "info,pylon=debug"
             https_port = https.port(),
         );
         let config = merge_toml(&config, &options.extra_config);
-        let config_path = dir.path().join("pylon.toml");
+        let config_path = dir.path().join(format!("pylon.{id}.toml"));
         std::fs::write(&config_path, config).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_pylon"))
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("log file"))
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
+            .stdout(std::fs::File::create(dir.path().join(format!("stdout.{id}.log"))).expect("log file"))
+            .stderr(std::fs::File::create(dir.path().join(format!("stderr.{id}.log"))).expect("log file"))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn pylon");
         let mut pylon = Self {
             child: Some(child),
             dir,
+            id,
             http,
             https,
             admin,
@@ -137,12 +180,36 @@ level = "info,pylon=debug"
     }
 
     pub fn stderr(&self) -> String {
-        read(&self.dir.path().join("stderr.log"))
+        read(&self.dir.path().join(format!("stderr.{}.log", self.id)))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A Secret pylon wrote to its state directory, as YAML.
+    pub fn stored_secret(&self, namespace: &str, name: &str) -> Option<serde_yaml_ng::Value> {
+        let text = std::fs::read_to_string(
+            self.state_dir()
+                .join("secrets")
+                .join(namespace)
+                .join(format!("{name}.yaml")),
+        )
+        .ok()?;
+        serde_yaml_ng::from_str(&text).ok()
+    }
+
+    /// Stops pylon at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The access log (one JSON object per line).
     pub fn access_log(&self) -> Vec<serde_json::Value> {
-        read(&self.dir.path().join("stdout.log"))
+        read(&self.dir.path().join(format!("stdout.{}.log", self.id)))
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
