@@ -10,7 +10,8 @@
 //!
 //! ```text
 //!  source (files | kubernetes) ──World──▶ translate (pure) ──Snapshot──▶ ArcSwap ──▶ proxy, tls resolver
-//!                                              └──▶ problems (logged, counted)
+//!        ▲                                     ├──▶ problems (logged, counted)
+//!        └── Secrets ◀── acme manager ◀────────┘ certificates wanted
 //! ```
 //!
 //! - [`config`]: the TOML file and command-line flags, validated into a [`config::Config`].
@@ -20,6 +21,9 @@
 //!   semantics and parses annotations into typed values; bad objects become [`translate::Problem`]s.
 //! - [`routing`]: the route table (host → path → backend) and pylon's own name types.
 //! - [`tls`]: PEM parsing, the certificate index and the rustls SNI resolver.
+//! - [`acme`]: certificates from cert-manager issuers (ACME HTTP-01, self-signed, CA): issuer
+//!   checks, stateless challenge answers, and the manager that orders, renews and stores
+//!   certificates as Secrets, which reach the resolver through the source like any Secret.
 //! - [`snapshot`]: everything the request path reads, published with a single store.
 //! - [`control`]: the loop that translates each new `World` and publishes the result.
 //! - [`proxy`]: the pingora `ProxyHttp` implementation.
@@ -41,8 +45,12 @@
 //! 4. `/readyz` turns true only after the first snapshot is published, and false first on shutdown.
 //! 5. The certificate resolver does no I/O: certificates are parsed and key-checked before they are
 //!    published; a bad certificate leaves the previous one in place.
-//! 6. Only `config`, `source` and `translate` know serde and Kubernetes types; `routing`, `tls` and
-//!    `proxy` see pylon's own types.
+//! 6. Only `config`, `source`, `translate` and `acme` know serde and Kubernetes types; `routing`,
+//!    `tls` and `proxy` see pylon's own types.
+//! 7. pylon never overwrites or deletes a Secret it did not create (its own carry the label
+//!    `app.kubernetes.io/managed-by: pylon`).
+//! 8. Orders are idempotent across restarts and leader changes: the state of every certificate
+//!    (order in flight, failures, next attempt) is read back from its Secret before acting.
 
 pub mod access_log;
 pub mod acme;

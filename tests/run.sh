@@ -14,6 +14,7 @@ apt_install() {
 need=()
 command -v cmake >/dev/null || need+=(cmake)   # pingora's zlib-ng build
 command -v cc >/dev/null || need+=(build-essential)
+command -v pebble >/dev/null || need+=(pebble)   # the ACME server of the certificate tests
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   apt_install "${need[@]}"

@@ -794,3 +794,280 @@ fn truncate(s: &str, max: usize) -> String {
     }
     format!("{}…", &s[..end])
 }
+
+#[cfg(test)]
+mod tests {
+    //! Paths Pebble 2.4 cannot exercise (it has neither ACME Renewal Information nor profiles),
+    //! against a minimal mock directory.
+
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::acme::issuer::{IssuerConfig, IssuerRef, SolverChoice};
+    use crate::acme::keys::{AccountKey, KeySpec};
+    use crate::acme::lock::FileLock;
+    use crate::acme::request::{Current, IssuerMaterial};
+    use crate::acme::store::FilesStore;
+
+    /// Serves a directory (with `renewalInfo` and profiles when `ari` is set) and one renewal
+    /// window for any certificate.
+    async fn mock_directory(ari: bool) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
+                        let base = format!("http://{addr}");
+                        let (body, retry_after) = if req.uri().path() == "/dir" {
+                            let mut dir = serde_json::json!({
+                                "newNonce": format!("{base}/nonce"),
+                                "newAccount": format!("{base}/account"),
+                                "newOrder": format!("{base}/order"),
+                                "revokeCert": format!("{base}/revoke"),
+                                "keyChange": format!("{base}/key"),
+                            });
+                            if ari {
+                                dir["renewalInfo"] = format!("{base}/renewal-info").into();
+                                dir["meta"] = serde_json::json!({"profiles": {"classic": "90 days", "shortlived": "6 days"}});
+                            }
+                            (dir.to_string(), None)
+                        } else {
+                            let window = r#"{"suggestedWindow":{"start":"2030-01-01T00:00:00Z","end":"2030-01-03T00:00:00Z"}}"#;
+                            (window.to_owned(), Some("21600"))
+                        };
+                        let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+                        resp.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        if let Some(r) = retry_after {
+                            resp.headers_mut().insert("retry-after", r.parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn request(directory: String) -> CertificateRequest {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let hosts = vec!["app.test".to_string()];
+        let issued = local::from_ca(
+            &hosts,
+            None,
+            KeySpec::EcdsaP256,
+            Duration::from_secs(90 * 86400),
+            ca_cert.pem().as_bytes(),
+            ca_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let key_pem = pkcs8_pem(&issued.key_pkcs8);
+        let cert = Certificate::from_pem(issued.chain_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+        let secret = k8s_openapi::api::core::v1::Secret {
+            data: Some(BTreeMap::from([
+                (
+                    "tls.crt".to_owned(),
+                    k8s_openapi::ByteString(issued.chain_pem.clone().into_bytes()),
+                ),
+                (
+                    "tls.key".to_owned(),
+                    k8s_openapi::ByteString(key_pem.into_bytes()),
+                ),
+            ])),
+            ..Default::default()
+        };
+        let acme = AcmeIssuer {
+            directory,
+            email: None,
+            account_secret: ObjectKey::new("pylon", "acct"),
+            account_secret_key: "tls.key".into(),
+            disable_account_key_generation: false,
+            external_account: None,
+            ca_bundle: None,
+            skip_tls_verify: false,
+            profile: None,
+            solvers: vec![SolverChoice {
+                http01: true,
+                dns_names: vec![],
+                dns_zones: vec![],
+                has_labels: false,
+            }],
+        };
+        let state = OrderState {
+            revision: 1,
+            issuer: "ClusterIssuer mock".into(),
+            hosts: hosts.clone(),
+            ..OrderState::default()
+        };
+        CertificateRequest {
+            secret: ObjectKey::new("default", "app-tls"),
+            ingress: ObjectKey::new("default", "app"),
+            hosts,
+            common_name: None,
+            key: KeySpec::EcdsaP256,
+            duration: None,
+            renew_before: None,
+            issuer: Arc::new(IssuerConfig {
+                reference: IssuerRef::cluster("mock"),
+                method: Method::Acme(Box::new(acme)),
+            }),
+            material: Arc::new(IssuerMaterial {
+                account_secret: Some(ObjectKey::new("pylon", "acct")),
+                account_secret_writable: true,
+                account_key: Some(AccountKey::generate().unwrap()),
+                account_url: Some("http://127.0.0.1:9/account/1".into()),
+                eab_key: None,
+                ca: None,
+            }),
+            current: Current {
+                exists: true,
+                certificate: Some(Arc::new(cert)),
+                state,
+                pending_key: None,
+                secret: Some(Arc::new(secret)),
+            },
+        }
+    }
+
+    fn manager(dir: &std::path::Path) -> Manager {
+        let published = Published::default();
+        Manager::new(
+            Arc::new(FilesStore::new(dir.to_owned())),
+            Arc::new(FileLock::new(dir.to_owned())),
+            published.clone(),
+            Metrics::new(published),
+            Options {
+                retry_backoff: Duration::from_secs(60),
+                retry_backoff_max: Duration::from_secs(86400),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn renewal_time_comes_from_the_ca_when_it_offers_renewal_information() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let addr = mock_directory(true).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path());
+        let req = request(format!("http://{addr}/dir"));
+        let view = m.view(&req);
+        let fallback = Timestamp::now();
+        let at = m.check_renewal_info(&req, &view, fallback).await;
+        assert!(
+            at >= "2030-01-01T00:00:00Z".parse().unwrap() && at <= "2030-01-03T00:00:00Z".parse().unwrap(),
+            "{at}"
+        );
+        // Recorded on the Secret, so the next process does not ask again for twelve hours.
+        let written = &m.written[&req.secret];
+        let state = OrderState::from_annotations(Some(&written.annotations));
+        assert_eq!(state.renew_at, Some(at));
+        assert!(state.ari_checked_at.is_some());
+        assert_eq!(state.revision, 2);
+        assert!(
+            std::fs::read_to_string(dir.path().join("secrets/default/app-tls.yaml"))
+                .unwrap()
+                .contains("acme.pylon.dev/renew-at")
+        );
+        // And the decision follows it.
+        let view = m.view(&req);
+        assert_eq!(decide(&req, &view, Timestamp::now()), Decision::Keep(at));
+    }
+
+    #[tokio::test]
+    async fn without_renewal_information_the_lifetime_rule_applies() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let addr = mock_directory(false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path());
+        let req = request(format!("http://{addr}/dir"));
+        let view = m.view(&req);
+        let fallback: Timestamp = "2031-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(m.check_renewal_info(&req, &view, fallback).await, fallback);
+        assert!(m.no_ari.contains(&format!("http://{addr}/dir")));
+        assert!(m.written.is_empty(), "nothing to record");
+        let Decision::Keep(at) = decide(&req, &view, Timestamp::now()) else {
+            panic!("a fresh certificate is kept")
+        };
+        let cert = view.certificate.as_ref().unwrap();
+        let lifetime = cert.not_after - cert.not_before;
+        assert_eq!(
+            cert.not_after - at.as_second(),
+            lifetime / 3,
+            "renewed with a third left"
+        );
+    }
+
+    #[tokio::test]
+    async fn profiles_are_checked_against_the_directory() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let addr = mock_directory(true).await;
+        let req = request(format!("http://{addr}/dir"));
+        let Method::Acme(acme) = &req.issuer.method else {
+            unreachable!()
+        };
+        let opened = order::open_account(acme, &req.material, false).await.unwrap();
+        assert!(check_profile(&opened.account, "shortlived").is_ok());
+        let err = check_profile(&opened.account, "tlsserver").unwrap_err();
+        assert_eq!(err.reason, "profile_not_offered");
+        assert!(
+            err.message.contains("classic") && err.message.contains("shortlived"),
+            "{}",
+            err.message
+        );
+
+        let plain = mock_directory(false).await;
+        let req = request(format!("http://{plain}/dir"));
+        let Method::Acme(acme) = &req.issuer.method else {
+            unreachable!()
+        };
+        let opened = order::open_account(acme, &req.material, false).await.unwrap();
+        assert!(
+            check_profile(&opened.account, "shortlived")
+                .unwrap_err()
+                .message
+                .contains("offered: none")
+        );
+    }
+
+    #[test]
+    fn decisions() {
+        let req = request("http://127.0.0.1:9/dir".into());
+        let now = Timestamp::now();
+        let mut view = View {
+            data: BTreeMap::new(),
+            state: req.current.state.clone(),
+            certificate: req.current.certificate.clone(),
+            pending_key: None,
+        };
+        assert!(matches!(decide(&req, &view, now), Decision::Keep(_)));
+        // Another issuer, or other names: issue again.
+        view.state.issuer = "ClusterIssuer other".into();
+        assert_eq!(
+            decide(&req, &view, now),
+            Decision::Issue("names, issuer or validity changed")
+        );
+        view.state.issuer.clear();
+        view.certificate = None;
+        assert_eq!(decide(&req, &view, now), Decision::Issue("no certificate yet"));
+        // A failure waits for its retry time.
+        let later = now + SignedDuration::from_mins(5);
+        view.state.retry_after = Some(later);
+        assert_eq!(decide(&req, &view, now), Decision::Wait(later));
+    }
+}
