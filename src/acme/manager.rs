@@ -271,17 +271,19 @@ impl Manager {
         if let Some(ca) = issued.ca_pem {
             data.insert("ca.crt".to_owned(), ca.into_bytes());
         }
+        let not_after = Timestamp::from_second(cert.not_after).ok();
+        let renew_at = Timestamp::from_second(cert.not_before)
+            .ok()
+            .zip(not_after)
+            .map(|(nb, na)| schedule::renew_at(nb, na, req.renew_before));
         let state = OrderState {
             revision: view.state.revision + 1,
             issuer: issuer.clone(),
             hosts: req.hosts.clone(),
-            not_after: Timestamp::from_second(cert.not_after).ok(),
+            not_after,
+            renew_at,
             ..OrderState::default()
         };
-        let renew_at = Timestamp::from_second(cert.not_before)
-            .ok()
-            .zip(state.not_after)
-            .map(|(nb, na)| schedule::renew_at(nb, na, req.renew_before));
         let write = certificate_secret(req, state, data);
         match self.store.write(&write).await {
             Ok(()) => {
@@ -883,7 +885,7 @@ mod tests {
             data: Some(BTreeMap::from([
                 (
                     "tls.crt".to_owned(),
-                    k8s_openapi::ByteString(issued.chain_pem.clone().into_bytes()),
+                    k8s_openapi::ByteString(issued.chain_pem.into_bytes()),
                 ),
                 (
                     "tls.key".to_owned(),

@@ -618,3 +618,142 @@ mod no_panics {
         }
     }
 }
+
+mod certificates {
+    use super::*;
+    use crate::acme::issuer::Method;
+
+    fn issuer_yaml(name: &str, account: &str) -> String {
+        format!(
+            "---\napiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {{name: {name}}}\nspec:\n  acme:\n    server: https://acme.test/dir\n    privateKeySecretRef: {{name: {account}}}\n    solvers: [{{http01: {{ingress: {{class: nginx}}}}}}]\n"
+        )
+    }
+
+    fn annotated(name: &str, issuer: &str, tls: &str, host: &str) -> String {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  annotations: {{cert-manager.io/cluster-issuer: {issuer}}}\nspec:\n  ingressClassName: pylon\n  tls: [{tls}]\n  rules:\n{}",
+            rule(host, "/", "Prefix", "a")
+        )
+    }
+
+    fn secret(ns: &str, name: &str, key_pem: &str, labels: &str) -> String {
+        let indent: String = key_pem.lines().map(|l| format!("    {l}\n")).collect();
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}{labels}}}\nstringData:\n  tls.key: |\n{indent}"
+        )
+    }
+
+    #[test]
+    fn requests_follow_annotations_and_tls_entries() {
+        let mut yaml = format!(
+            "{CLASS}{}{}",
+            service("a", &["10.0.0.1"]),
+            issuer_yaml("le", "le-account")
+        );
+        yaml += &annotated(
+            "app",
+            "le",
+            "{hosts: [app.test, www.app.test], secretName: app-tls}",
+            "app.test",
+        );
+        yaml += &annotated(
+            "wild",
+            "le",
+            "{hosts: [\"*.w.test\"], secretName: w-tls}",
+            "x.w.test",
+        );
+        yaml += &annotated("ghost", "nope", "{hosts: [g.test], secretName: g-tls}", "g.test");
+        yaml += &annotated(
+            "theirs",
+            "le",
+            "{hosts: [t.test], secretName: theirs-tls}",
+            "t.test",
+        );
+        yaml += &tls_secret("theirs-tls", &["t.test"]);
+        let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+        let secrets: Vec<String> = t.requests.iter().map(|r| r.secret.to_string()).collect();
+        assert_eq!(secrets, ["default/app-tls"]);
+        let req = &t.requests[0];
+        assert_eq!(req.hosts, ["app.test", "www.app.test"]);
+        assert_eq!(req.issuer_id(), "ClusterIssuer le");
+        let mut r = reasons(&t);
+        r.sort();
+        assert_eq!(r, ["issuer_not_found", "needs_dns01", "secret_not_managed"]);
+        // No account key yet: no challenge is answered until pylon has registered one.
+        assert!(t.snapshot.challenges.is_empty());
+        assert!(matches!(req.issuer.method, Method::Acme(_)));
+    }
+
+    #[test]
+    fn an_unusable_account_key_is_left_alone_and_a_sibling_is_used() {
+        let rsa = crate::acme::keys::pkcs8_pem(&crate::acme::keys::KeySpec::Rsa(2048).generate().unwrap());
+        let ours = crate::acme::keys::AccountKey::generate().unwrap();
+        let mut yaml = format!(
+            "{CLASS}{}{}",
+            service("a", &["10.0.0.1"]),
+            issuer_yaml("le", "le-account")
+        );
+        yaml += &annotated(
+            "app",
+            "le",
+            "{hosts: [app.test], secretName: app-tls}",
+            "app.test",
+        );
+        // cert-manager's RSA account key, and pylon's own key beside it.
+        yaml += &secret("pylon", "le-account", &rsa, "");
+        let s = settings("");
+        let t = translate(&world(&yaml), &s, &Snapshot::default());
+        let material = &t.requests[0].material;
+        assert_eq!(
+            material.account_secret,
+            Some(ObjectKey::new("pylon", "le-account-pylon"))
+        );
+        assert!(material.account_secret_writable);
+        assert!(material.account_key.is_none());
+        assert_eq!(reasons(&t), ["account_key_unusable"]);
+
+        yaml += &secret(
+            "pylon",
+            "le-account-pylon",
+            &ours.pem(),
+            ", labels: {app.kubernetes.io/managed-by: pylon}",
+        );
+        let t = translate(&world(&yaml), &s, &Snapshot::default());
+        assert_eq!(t.requests[0].material.account_key.as_ref(), Some(&ours));
+        let token = "0123456789abcdefghijKLMNOP";
+        assert_eq!(
+            t.snapshot.challenges.answer(Some("app.test"), token),
+            crate::acme::challenge::Answer::Respond(format!("{token}.{}", ours.thumbprint))
+        );
+    }
+
+    #[test]
+    fn the_default_issuer_applies_to_tls_without_annotations() {
+        let yaml = format!(
+            "{CLASS}{}---\napiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {{name: local}}\nspec: {{selfSigned: {{}}}}\n{}",
+            service("a", &["10.0.0.1"]),
+            ingress(
+                "app",
+                "2024-01-01T00:00:00Z",
+                Some("pylon"),
+                &format!(
+                    "  tls: [{{hosts: [app.test], secretName: app-tls}}]\n  rules:\n{}",
+                    rule("app.test", "/", "Prefix", "a")
+                )
+            )
+        );
+        let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+        assert!(
+            t.requests.is_empty(),
+            "no annotation, no default: nothing to issue"
+        );
+        assert_eq!(reasons(&t), ["tls_secret_missing"]);
+        let t = translate(
+            &world(&yaml),
+            &settings("[acme]\ndefault-issuer = \"ClusterIssuer/local\""),
+            &Snapshot::default(),
+        );
+        assert_eq!(t.requests.len(), 1);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+    }
+}
