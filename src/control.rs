@@ -9,6 +9,7 @@ use tracing::{error, info, warn};
 
 use crate::acme::manager::Work;
 use crate::admin::Health;
+use crate::cluster::events::{EventRequest, Events, pascal_case};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Severity};
 use crate::snapshot::Published;
@@ -24,6 +25,8 @@ pub struct Control {
     reported: BTreeSet<Problem>,
     /// The certificates to look after, for the ACME manager.
     work: watch::Sender<Arc<Work>>,
+    /// Events on the objects problems are about (cluster mode).
+    events: Events,
 }
 
 impl Control {
@@ -35,7 +38,12 @@ impl Control {
             health,
             reported: BTreeSet::new(),
             work: watch::Sender::new(Arc::default()),
+            events: Events::none(),
         }
+    }
+
+    pub fn set_events(&mut self, events: Events) {
+        self.events = events;
     }
 
     /// Receives the certificate requests of every publication.
@@ -45,7 +53,7 @@ impl Control {
 
     /// Translates `world`, publishes the snapshot and reports what changed. Returns the current
     /// problems.
-    pub fn apply(&mut self, world: &World) -> Vec<Problem> {
+    pub fn apply(&mut self, world: &Arc<World>) -> Vec<Problem> {
         let previous = self.published.load_full();
         let translation = translate(world, &self.settings, &previous);
         let snapshot = translation.snapshot;
@@ -69,6 +77,15 @@ impl Control {
                 .rejections
                 .with_label_values(&[kind, problem.reason])
                 .inc();
+            if let Some(regarding) = world.reference(kind, ns, name) {
+                self.events.send(EventRequest {
+                    regarding,
+                    warning: true,
+                    reason: pascal_case(problem.reason),
+                    note: problem.message.clone(),
+                    action: "Configure",
+                });
+            }
         }
         self.metrics.problems.reset();
         for problem in &current {
@@ -111,6 +128,8 @@ impl Control {
         self.work.send_replace(Arc::new(Work {
             generation,
             requests: translation.requests,
+            served: translation.served,
+            world: world.clone(),
         }));
         translation.problems
     }

@@ -56,6 +56,7 @@ pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod logging;

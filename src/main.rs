@@ -53,6 +53,21 @@ struct RunArgs {
     /// Admin listener (/metrics, /healthz, /readyz), e.g. 0.0.0.0:10254.
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Read objects from the Kubernetes API server instead of manifest directories.
+    #[arg(long)]
+    kubernetes: bool,
+    /// kubeconfig file (default: the in-cluster service account, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace to watch; repeatable (default: all namespaces).
+    #[arg(long = "watch-namespace", value_name = "NS")]
+    watch_namespaces: Vec<String>,
+    /// namespace/name of the Service whose load-balancer addresses go to Ingress status.
+    #[arg(long, value_name = "NS/NAME")]
+    publish_service: Option<String>,
+    /// Address written to Ingress status (instead of a published Service); repeatable.
+    #[arg(long = "publish-status-address", value_name = "ADDR")]
+    publish_status_addresses: Vec<String>,
 }
 
 #[derive(Args)]
@@ -89,6 +104,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         http_listen: args.http_listen,
         https_listen: args.https_listen,
         admin_listen: args.admin_listen,
+        kubernetes: args.kubernetes,
+        kubeconfig: args.kubeconfig,
+        watch_namespaces: args.watch_namespaces,
+        publish_service: args.publish_service,
+        publish_status_addresses: args.publish_status_addresses,
     };
     let config = Config::load(args.common.config.as_deref(), &overrides)?;
     let published = Published::default();

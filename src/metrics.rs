@@ -105,6 +105,7 @@ pub struct Metrics {
     pub acme_failures: IntCounterVec,
     pub certificate_renewal: GaugeVec,
     pub acme_leader: IntGauge,
+    pub kubernetes_watch_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -263,6 +264,11 @@ impl Metrics {
             acme_leader: gauge(
                 "pylon_acme_leader",
                 "1 while this process is the one that orders certificates",
+            ),
+            kubernetes_watch_errors: counter_vec(
+                "pylon_kubernetes_watch_errors_total",
+                "Failed watch requests to the API server, by kind (retried with backoff)",
+                &["kind"],
             ),
             registry,
         };

@@ -20,20 +20,24 @@ use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownS
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::access_log::AccessLog;
 use crate::acme::lock::FileLock;
-use crate::acme::manager::{self, Manager, Work};
+use crate::acme::manager::{self, Manager};
 use crate::acme::store::FilesStore;
 use crate::admin::{AdminApp, Health};
-use crate::config::Config;
+use crate::cluster::events::Events;
+use crate::cluster::lease::LeaseLock;
+use crate::cluster::secrets::KubeStore;
+use crate::cluster::status::{Publish, StatusWriter};
+use crate::config::{Config, KubernetesConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::{InFlight, Proxy};
 use crate::snapshot::Published;
-use crate::source::World;
 use crate::source::files::FilesSource;
+use crate::source::{ObjectKey, World};
 use crate::tls::{HandshakeCallbacks, SniResolver};
 use crate::translate::Settings;
 
@@ -59,20 +63,34 @@ pub enum Error {
     },
     #[error("cannot generate the default certificate: {0}")]
     DefaultCertificate(#[from] crate::tls::Error),
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Kubernetes(String),
 }
 
-/// Reads the manifests once and publishes the first snapshot, then serves until SIGTERM.
+/// Serves until SIGTERM. From manifest files, the first snapshot is published before the
+/// listeners open; from the API server, once every watch has listed (`/readyz` says when).
 pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Result<(), Error> {
-    for dir in &config.manifests.dirs {
-        if !dir.is_dir() {
-            return Err(Error::ManifestDir(dir.clone()));
+    let cluster = if config.kubernetes.enabled {
+        if !config.manifests.dirs.is_empty() {
+            warn!("--kubernetes: the manifest directories are not read");
         }
-    }
-    let state_dir = &config.manifests.state_dir;
-    std::fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
+        Some(Cluster::new(
+            &config.kubernetes,
+            &config.acme.cluster_resource_namespace,
+        )?)
+    } else {
+        for dir in &config.manifests.dirs {
+            if !dir.is_dir() {
+                return Err(Error::ManifestDir(dir.clone()));
+            }
+        }
+        let state_dir = &config.manifests.state_dir;
+        std::fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+        None
+    };
     for (listener, addr) in [
         ("http", config.listen.http),
         ("https", config.listen.https),
@@ -89,19 +107,33 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     let health = Arc::new(Health::default());
     let in_flight = Arc::new(InFlight::default());
     let access_log = AccessLog::start(config.log.access_log, metrics.access_log_dropped.clone());
-
-    let mut dirs = config.manifests.dirs.clone();
-    dirs.push(state_dir.clone());
-    let mut source = FilesSource::new(dirs);
-    source.refresh();
     let settings = Settings::new(
         &config.ingress,
         &config.acme,
         crate::tls::self_signed(DEFAULT_CERT_NAME)?,
     );
     let mut control = Control::new(settings, published.clone(), metrics.clone(), health.clone());
-    let world = Arc::new(source.world());
-    control.apply(&world);
+    let options = manager::Options {
+        retry_backoff: config.acme.retry_backoff,
+        retry_backoff_max: config.acme.retry_backoff_max,
+    };
+    let mode = match cluster {
+        Some(cluster) => Mode::Kubernetes(Box::new(cluster)),
+        None => {
+            let state_dir = config.manifests.state_dir.clone();
+            let mut dirs = config.manifests.dirs.clone();
+            dirs.push(state_dir.clone());
+            let mut source = FilesSource::new(dirs);
+            source.refresh();
+            control.apply(&Arc::new(source.world()));
+            Mode::Files {
+                source,
+                state_dir,
+                debounce: config.manifests.debounce,
+                rescan_interval: config.manifests.rescan_interval,
+            }
+        }
+    };
 
     let conf = ServerConf {
         threads: config.proxy.threads,
@@ -124,11 +156,11 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         config.ingress.https_redirect_port,
         in_flight.clone(),
     );
-    let mut options = HttpServerOptions::default();
-    options.h2c = false;
+    let mut options_h = HttpServerOptions::default();
+    options_h.h2c = false;
     let mut proxy_service = ProxyServiceBuilder::new(&conf, proxy)
         .name("pylon proxy")
-        .server_options(options)
+        .server_options(options_h)
         .build();
     proxy_service.add_tcp(&config.listen.http.to_string());
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
@@ -146,29 +178,14 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(admin);
 
-    let manager = Manager::new(
-        Arc::new(FilesStore::new(state_dir.clone())),
-        Arc::new(FileLock::new(state_dir.clone())),
-        published,
-        metrics,
-        manager::Options {
-            retry_backoff: config.acme.retry_backoff,
-            retry_backoff_max: config.acme.retry_backoff_max,
-        },
-    );
-    let work = control.subscribe_work();
-    let (worlds_tx, worlds_rx) = watch::channel(world);
     server.add_service(background_service(
         "control",
         ControlTask(Mutex::new(Some(ControlParts {
-            source,
+            mode,
             control,
-            manager,
-            work,
-            worlds_tx,
-            worlds_rx,
-            debounce: config.manifests.debounce,
-            rescan_interval: config.manifests.rescan_interval,
+            published,
+            metrics,
+            options,
         }))),
     ));
 
@@ -183,6 +200,7 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         https = %config.listen.https,
         admin = %config.listen.admin,
         threads = config.proxy.threads,
+        kubernetes = config.kubernetes.enabled,
         "pylon serving"
     );
     server.run(RunArgs {
@@ -196,33 +214,170 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     Ok(())
 }
 
-struct ControlParts {
-    source: FilesSource,
-    control: Control,
-    manager: Manager,
-    work: watch::Receiver<Arc<Work>>,
-    worlds_tx: watch::Sender<Arc<World>>,
-    worlds_rx: watch::Receiver<Arc<World>>,
-    debounce: Duration,
-    rescan_interval: Duration,
+/// Where objects come from, and where certificates go.
+enum Mode {
+    Files {
+        source: FilesSource,
+        state_dir: PathBuf,
+        debounce: Duration,
+        rescan_interval: Duration,
+    },
+    Kubernetes(Box<Cluster>),
 }
 
-/// The source, the control loop and the ACME manager, on their own runtime.
+/// Cluster mode's settings, read before the server starts (a bad kubeconfig stops pylon here).
+struct Cluster {
+    client_config: kube::Config,
+    scope: crate::source::kubernetes::Scope,
+    lease_namespace: String,
+    lease_name: String,
+    lease_duration: Duration,
+    identity: String,
+    publish: Publish,
+}
+
+impl Cluster {
+    fn new(config: &KubernetesConfig, resource_namespace: &str) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Kubernetes(e.to_string()))?;
+        let client_config = runtime
+            .block_on(async {
+                match &config.kubeconfig {
+                    Some(path) => {
+                        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                            .await
+                            .map_err(|e| format!("{}: {e}", path.display()))
+                    }
+                    None => kube::Config::infer().await.map_err(|e| e.to_string()),
+                }
+            })
+            .map_err(Error::Kubernetes)?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let identity = env("POD_NAME").unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let publish = match (
+            &config.publish_service,
+            config.publish_status_addresses.is_empty(),
+        ) {
+            (Some((ns, name)), _) => Publish::Service(ObjectKey::new(ns.clone(), name.clone())),
+            (None, false) => Publish::Addresses(config.publish_status_addresses.clone()),
+            (None, true) => Publish::Nothing,
+        };
+        Ok(Self {
+            client_config,
+            scope: crate::source::kubernetes::Scope {
+                namespaces: config.watch_namespaces.clone(),
+                resource_namespace: resource_namespace.to_owned(),
+            },
+            lease_namespace: env("POD_NAMESPACE").unwrap_or_else(|| resource_namespace.to_owned()),
+            lease_name: config.lease_name.clone(),
+            lease_duration: config.lease_duration,
+            identity,
+            publish,
+        })
+    }
+}
+
+struct ControlParts {
+    mode: Mode,
+    control: Control,
+    published: Published,
+    metrics: Arc<Metrics>,
+    options: manager::Options,
+}
+
+/// The source, the control loop, the ACME manager (and in cluster mode the lease, status and
+/// event writers), on their own runtime.
 struct ControlTask(Mutex<Option<ControlParts>>);
 
 #[async_trait]
 impl BackgroundService for ControlTask {
     async fn start(&self, shutdown: ShutdownWatch) {
         let parts = self.0.lock().ok().and_then(|mut p| p.take());
-        let Some(p) = parts else { return };
-        let watch_source = p
-            .source
-            .run(p.worlds_tx, p.debounce, p.rescan_interval, shutdown.clone());
-        tokio::join!(
-            watch_source,
-            p.control.run(p.worlds_rx, shutdown.clone()),
-            p.manager.run(p.work, shutdown),
-        );
+        let Some(ControlParts {
+            mode,
+            mut control,
+            published,
+            metrics,
+            options,
+        }) = parts
+        else {
+            return;
+        };
+        match mode {
+            Mode::Files {
+                source,
+                state_dir,
+                debounce,
+                rescan_interval,
+            } => {
+                let manager = Manager::new(
+                    Arc::new(FilesStore::new(state_dir.clone())),
+                    Arc::new(FileLock::new(state_dir)),
+                    published.clone(),
+                    metrics,
+                    options,
+                );
+                let work = control.subscribe_work();
+                let (worlds_tx, worlds_rx) = watch::channel(Arc::new(source.world()));
+                tokio::join!(
+                    source.run(worlds_tx, debounce, rescan_interval, shutdown.clone()),
+                    control.run(worlds_rx, shutdown.clone()),
+                    manager.run(work, shutdown),
+                );
+            }
+            Mode::Kubernetes(cluster) => {
+                let client = match kube::Client::try_from(cluster.client_config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        error!(error = %e, "cannot create a Kubernetes client");
+                        return;
+                    }
+                };
+                let lease = Arc::new(LeaseLock::new(
+                    client.clone(),
+                    &cluster.lease_namespace,
+                    &cluster.lease_name,
+                    &cluster.identity,
+                    cluster.lease_duration,
+                ));
+                let (events, publisher) =
+                    Events::publisher(client.clone(), cluster.identity.clone(), lease.clone());
+                control.set_events(events.clone());
+                let manager = Manager::new(
+                    Arc::new(KubeStore::new(client.clone())),
+                    lease.clone(),
+                    published,
+                    metrics.clone(),
+                    options,
+                )
+                .with_events(events);
+                let status = StatusWriter::new(client.clone(), lease.clone(), cluster.publish);
+                let (work_manager, work_status) = (control.subscribe_work(), control.subscribe_work());
+                let (worlds_tx, worlds_rx) = watch::channel(Arc::new(World::default()));
+                info!(identity = %cluster.identity, lease = %cluster.lease_name, "reading objects from the Kubernetes API server");
+                tokio::join!(
+                    crate::source::kubernetes::run(
+                        client,
+                        cluster.scope,
+                        worlds_tx,
+                        metrics.kubernetes_watch_errors.clone(),
+                        shutdown.clone()
+                    ),
+                    control.run(worlds_rx, shutdown.clone()),
+                    manager.run(work_manager, shutdown.clone()),
+                    status.run(work_status, shutdown.clone()),
+                    lease.run(shutdown),
+                    publisher.run(),
+                );
+            }
+        }
     }
 }
 

@@ -31,16 +31,21 @@ use super::request::CertificateRequest;
 use super::schedule;
 use super::state::{self, OrderState};
 use super::store::{SecretWrite, Store};
+use crate::cluster::events::{EventRequest, Events};
 use crate::metrics::Metrics;
 use crate::snapshot::Published;
 use crate::source::ObjectKey;
 use crate::tls::Certificate;
 
-/// The certificates to look after, from the last published translation.
+/// What the leader looks after, from the last published translation.
 #[derive(Debug, Default)]
 pub struct Work {
     pub generation: u64,
     pub requests: Vec<CertificateRequest>,
+    /// The Ingresses pylon serves.
+    pub served: Vec<ObjectKey>,
+    /// The objects the translation was made from.
+    pub world: Arc<crate::source::World>,
 }
 
 /// How long a renewal check or retry may be put off at most.
@@ -71,6 +76,8 @@ pub struct Manager {
     stale_accounts: HashSet<String>,
     /// What pylon last wrote to each Secret, until the source reads it back.
     written: HashMap<ObjectKey, SecretWrite>,
+    /// Events on the Ingresses certificates are for (cluster mode).
+    events: Events,
 }
 
 /// The target Secret as the manager sees it: its last write, or what the source read.
@@ -109,34 +116,60 @@ impl Manager {
             no_ari: HashSet::default(),
             stale_accounts: HashSet::default(),
             written: HashMap::default(),
+            events: Events::none(),
         }
     }
 
-    /// Waits for leadership, then looks after the certificates until shutdown.
-    pub async fn run(mut self, mut work: watch::Receiver<Arc<Work>>, mut shutdown: watch::Receiver<bool>) {
-        tokio::select! {
-            _ = self.leadership.acquire() => {}
-            _ = shutdown.changed() => return,
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// An Event on the Ingress a certificate is for.
+    fn event(&self, req: &CertificateRequest, warning: bool, reason: &str, note: String) {
+        if let Some(regarding) = req.ingress_ref.clone() {
+            self.events.send(EventRequest {
+                regarding,
+                warning,
+                reason: reason.to_owned(),
+                note,
+                action: "Issue",
+            });
         }
-        self.metrics.acme_leader.set(1);
-        info!("this process orders certificates");
+    }
+
+    /// Waits for leadership, then looks after the certificates while it lasts, until shutdown.
+    pub async fn run(mut self, mut work: watch::Receiver<Arc<Work>>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let current = work.borrow_and_update().clone();
-            let next = self.pass(&current).await;
-            let wait = next
-                .duration_since(Timestamp::now())
-                .try_into()
-                .unwrap_or(Duration::ZERO)
-                .clamp(Duration::from_millis(200), MAX_SLEEP);
             tokio::select! {
-                changed = work.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.leadership.acquire() => {}
                 _ = shutdown.changed() => return,
             }
+            // Another process may have written meanwhile: trust only what the source reads.
+            self.written.clear();
+            self.accounts.clear();
+            self.metrics.acme_leader.set(1);
+            info!("this process orders certificates");
+            while self.leadership.is_leader() {
+                let current = work.borrow_and_update().clone();
+                let next = self.pass(&current).await;
+                let wait = next
+                    .duration_since(Timestamp::now())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(Duration::from_millis(200), MAX_SLEEP);
+                tokio::select! {
+                    changed = work.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            self.metrics.acme_leader.set(0);
+            warn!("this process no longer orders certificates");
         }
     }
 
@@ -147,8 +180,6 @@ impl Manager {
         self.written.retain(|k, _| live.contains(k));
         for req in &work.requests {
             if !self.leadership.is_leader() {
-                warn!("no longer the process that orders certificates");
-                self.metrics.acme_leader.set(0);
                 break;
             }
             let view = self.view(req);
@@ -302,8 +333,23 @@ impl Manager {
                     "certificate issued and stored"
                 );
                 self.written.insert(req.secret.clone(), write);
+                self.event(
+                    req,
+                    false,
+                    "CertificateIssued",
+                    format!(
+                        "certificate for {} issued by {}, valid until {}, stored in Secret {}",
+                        req.hosts.join(", "),
+                        issuer,
+                        state_time(cert.not_after),
+                        req.secret.name
+                    ),
+                );
             }
-            Err(e) => warn!(error = %e, "cannot store the issued certificate"),
+            Err(e) => {
+                warn!(error = %e, "cannot store the issued certificate");
+                self.event(req, true, "CertificateNotStored", e.to_string());
+            }
         }
     }
 
@@ -358,6 +404,28 @@ impl Manager {
             self.accounts.remove(&issuer);
             self.stale_accounts.insert(issuer.clone());
         }
+        let (reason, note) = if result == "rate_limited" {
+            (
+                "RateLimited",
+                format!(
+                    "{} rate-limits this certificate until {retry_at}: {}",
+                    issuer, failure.message
+                ),
+            )
+        } else {
+            (
+                if view.certificate.is_some() {
+                    "RenewalFailed"
+                } else {
+                    "CertificateFailed"
+                },
+                format!(
+                    "{} ({}): {}; attempt {failures}, next at {retry_at}",
+                    issuer, failure.reason, failure.message
+                ),
+            )
+        };
+        self.event(req, true, reason, note);
         let write = certificate_secret(req, state, view.data.clone());
         match self.store.write(&write).await {
             Ok(()) => {
@@ -431,6 +499,17 @@ impl Manager {
                 }
                 let order = timed(30, "new order", account.new_order(&new)).await?;
                 info!(secret = %req.secret, order = %order.url(), "order placed");
+                self.event(
+                    req,
+                    false,
+                    "CertificateOrdered",
+                    format!(
+                        "ordered a certificate for {} from {} for Secret {}",
+                        req.hosts.join(", "),
+                        req.issuer_id(),
+                        req.secret.name
+                    ),
+                );
                 let url = order.url().to_owned();
                 self.record_progress(req, view, |s, _| s.order_url = Some(url))
                     .await?;
@@ -920,6 +999,7 @@ mod tests {
         CertificateRequest {
             secret: ObjectKey::new("default", "app-tls"),
             ingress: ObjectKey::new("default", "app"),
+            ingress_ref: None,
             hosts,
             common_name: None,
             key: KeySpec::EcdsaP256,

@@ -15,6 +15,8 @@ pub struct CertificateRequest {
     /// The `kubernetes.io/tls` Secret the certificate goes to.
     pub secret: ObjectKey,
     pub ingress: ObjectKey,
+    /// The Ingress, for Events.
+    pub ingress_ref: Option<k8s_openapi::api::core::v1::ObjectReference>,
     /// Subject alternative names, sorted.
     pub hosts: Vec<String>,
     pub common_name: Option<String>,

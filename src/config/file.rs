@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::routing::host::is_dns_label;
 
 use super::{
-    AcmeConfig, ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, Listen, LogConfig,
-    LogFormat, Manifests, Overrides, ProxyConfig, Shutdown,
+    AcmeConfig, ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, KubernetesConfig, Listen,
+    LogConfig, LogFormat, Manifests, Overrides, ProxyConfig, Shutdown,
 };
 
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
@@ -33,6 +33,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_CLUSTER_RESOURCE_NAMESPACE: &str = "pylon";
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// `pylon.toml` as written. Every field is optional; unknown fields are an error.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -52,6 +53,20 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub acme: AcmeFile,
+    #[serde(default)]
+    pub kubernetes: KubernetesFile,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubernetesFile {
+    pub enabled: Option<bool>,
+    pub kubeconfig: Option<PathBuf>,
+    pub watch_namespaces: Option<Vec<String>>,
+    pub publish_service: Option<String>,
+    pub publish_status_addresses: Option<Vec<String>>,
+    pub lease_name: Option<String>,
+    pub lease_duration: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -268,6 +283,7 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
     };
 
     let acme = build_acme(&mut c, file.acme);
+    let kubernetes = build_kubernetes(&mut c, file.kubernetes, overrides);
 
     if c.errors.is_empty() {
         Ok(Config {
@@ -278,6 +294,7 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
             shutdown,
             log,
             acme,
+            kubernetes,
         })
     } else {
         Err(c.errors)
@@ -329,6 +346,74 @@ fn build_ingress(c: &mut Check, file: IngressFile) -> IngressConfig {
         serve_without_class: file.serve_without_class.unwrap_or(false),
         https_redirect_port,
         default_certificate,
+    }
+}
+
+fn build_kubernetes(c: &mut Check, file: KubernetesFile, o: &Overrides) -> KubernetesConfig {
+    let watch_namespaces = if o.watch_namespaces.is_empty() {
+        file.watch_namespaces.unwrap_or_default()
+    } else {
+        o.watch_namespaces.clone()
+    };
+    for (i, ns) in watch_namespaces.iter().enumerate() {
+        if !is_dns_label(ns) {
+            c.fail(
+                &format!("kubernetes.watch-namespaces[{i}]"),
+                format!("{ns:?} is not a namespace name"),
+            );
+        }
+    }
+    let publish_service = match o.publish_service.clone().or(file.publish_service).as_deref() {
+        None | Some("") => None,
+        Some(raw) => match raw.split_once('/') {
+            Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {
+                Some((ns.to_owned(), name.to_owned()))
+            }
+            _ => {
+                c.fail(
+                    "kubernetes.publish-service",
+                    format!("{raw:?} is not namespace/name of a Service"),
+                );
+                None
+            }
+        },
+    };
+    let publish_status_addresses = if o.publish_status_addresses.is_empty() {
+        file.publish_status_addresses.unwrap_or_default()
+    } else {
+        o.publish_status_addresses.clone()
+    };
+    for (i, a) in publish_status_addresses.iter().enumerate() {
+        if a.parse::<std::net::IpAddr>().is_err() && !is_dns_subdomain(a) {
+            c.fail(
+                &format!("kubernetes.publish-status-addresses[{i}]"),
+                format!("{a:?} is not an IP address or a host name"),
+            );
+        }
+    }
+    let lease_name = file.lease_name.unwrap_or_else(|| "pylon-acme".to_owned());
+    if !is_dns_subdomain(&lease_name) {
+        c.fail(
+            "kubernetes.lease-name",
+            format!("{lease_name:?} is not an object name"),
+        );
+    }
+    let lease_duration = c.positive_duration(
+        "kubernetes.lease-duration",
+        file.lease_duration.as_deref(),
+        DEFAULT_LEASE_DURATION,
+    );
+    if lease_duration < Duration::from_secs(3) {
+        c.fail("kubernetes.lease-duration", "must be at least 3s");
+    }
+    KubernetesConfig {
+        enabled: o.kubernetes || file.enabled.unwrap_or(false),
+        kubeconfig: o.kubeconfig.clone().or(file.kubeconfig),
+        watch_namespaces,
+        publish_service,
+        publish_status_addresses,
+        lease_name,
+        lease_duration,
     }
 }
 

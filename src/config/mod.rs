@@ -27,6 +27,24 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub log: LogConfig,
     pub acme: AcmeConfig,
+    pub kubernetes: KubernetesConfig,
+}
+
+/// Cluster mode: objects from the API server instead of manifest directories.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KubernetesConfig {
+    pub enabled: bool,
+    /// A kubeconfig file; `None`: in-cluster service account, else `$KUBECONFIG` or
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces watched; empty: all.
+    pub watch_namespaces: Vec<String>,
+    /// `namespace/name` of the Service whose load-balancer addresses go to Ingress status.
+    pub publish_service: Option<(String, String)>,
+    /// Fixed addresses for Ingress status (when no Service is published).
+    pub publish_status_addresses: Vec<String>,
+    pub lease_name: String,
+    pub lease_duration: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -127,6 +145,11 @@ pub struct Overrides {
     pub http_listen: Option<String>,
     pub https_listen: Option<String>,
     pub admin_listen: Option<String>,
+    pub kubernetes: bool,
+    pub kubeconfig: Option<PathBuf>,
+    pub watch_namespaces: Vec<String>,
+    pub publish_service: Option<String>,
+    pub publish_status_addresses: Vec<String>,
 }
 
 /// One configuration error: where it is and what is wrong.

@@ -3,13 +3,14 @@
 
 pub mod cert_manager;
 pub mod files;
+pub mod kubernetes;
 pub mod manifest;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
@@ -66,6 +67,27 @@ impl From<manifest::Object> for SharedObject {
 }
 
 impl World {
+    /// A reference to an object, for Events; `None` if the world does not hold it.
+    pub fn reference(&self, kind: &str, namespace: &str, name: &str) -> Option<ObjectReference> {
+        let key = ObjectKey::new(namespace, name);
+        let (api_version, meta) = match kind {
+            "Ingress" => ("networking.k8s.io/v1", &self.ingresses.get(&key)?.metadata),
+            "Secret" => ("v1", &self.secrets.get(&key)?.metadata),
+            "Service" => ("v1", &self.services.get(&key)?.metadata),
+            "ClusterIssuer" => ("cert-manager.io/v1", &self.cluster_issuers.get(name)?.metadata),
+            "Issuer" => ("cert-manager.io/v1", &self.issuers.get(&key)?.metadata),
+            _ => return None,
+        };
+        Some(ObjectReference {
+            api_version: Some(api_version.to_owned()),
+            kind: Some(kind.to_owned()),
+            name: Some(name.to_owned()),
+            namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
+            uid: meta.uid.clone(),
+            ..ObjectReference::default()
+        })
+    }
+
     /// Adds an object; cluster-scoped kinds are keyed by name only.
     pub fn insert(&mut self, key: ObjectKey, object: SharedObject) {
         match object {

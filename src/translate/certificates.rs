@@ -168,6 +168,7 @@ pub(super) fn certificates(
             wanted.requests.push(CertificateRequest {
                 secret,
                 ingress: ing.key.clone(),
+                ingress_ref: world.reference("Ingress", &ing.key.namespace, &ing.key.name),
                 hosts,
                 common_name: cert.common_name.clone(),
                 key: cert.key,

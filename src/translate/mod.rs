@@ -92,6 +92,8 @@ pub struct Translation {
     pub ignored: Vec<(ObjectKey, Option<String>)>,
     /// Certificates pylon should obtain or keep renewed.
     pub requests: Vec<CertificateRequest>,
+    /// The Ingresses pylon serves (their status carries pylon's addresses).
+    pub served: Vec<ObjectKey>,
 }
 
 /// Builds the next snapshot from `world`, reusing what `previous` already parsed.
@@ -250,6 +252,7 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
         certificates,
         ignored,
         requests: wanted.requests,
+        served: served.iter().map(|i| i.key.clone()).collect(),
     }
 }
 
