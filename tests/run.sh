@@ -20,6 +20,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt_install "${need[@]}"
 fi
 
+# A real kube-apiserver, etcd and kubectl for the cluster-mode tests, built from the Go module
+# proxy (about 10 minutes the first time; cached in target/kube-testenv afterwards).
+command -v go >/dev/null || { echo "Go 1.26 or newer is needed to build the test API server" >&2; exit 1; }
+echo "==> tests/kube-testenv/build.sh"
+tests/kube-testenv/build.sh
+
 # --- checks and tests (debug builds, one target directory) ---------------------------------
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

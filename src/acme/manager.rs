@@ -498,6 +498,12 @@ impl Manager {
                     new = new.replaces(id.clone());
                 }
                 let order = timed(30, "new order", account.new_order(&new)).await?;
+                // Recorded before anything else, so that a successor resumes this order. (A
+                // crash right here leaves a pending order at the CA that is never finalised:
+                // no certificate is issued twice.)
+                let url = order.url().to_owned();
+                self.record_progress(req, view, |s, _| s.order_url = Some(url))
+                    .await?;
                 info!(secret = %req.secret, order = %order.url(), "order placed");
                 self.event(
                     req,
@@ -510,9 +516,6 @@ impl Manager {
                         req.secret.name
                     ),
                 );
-                let url = order.url().to_owned();
-                self.record_progress(req, view, |s, _| s.order_url = Some(url))
-                    .await?;
                 order
             }
         };

@@ -160,20 +160,19 @@ impl LeaseLock {
         if !self.is_leader() {
             return;
         }
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
-            if let Some(spec) = lease.spec.as_mut() {
-                if spec.holder_identity.as_deref() == Some(&self.identity) {
-                    spec.holder_identity = None;
-                    spec.renew_time = None;
-                    if self
-                        .api
-                        .replace(&self.name, &PostParams::default(), &lease)
-                        .await
-                        .is_ok()
-                    {
-                        info!(lease = %self.name, "lease released");
-                    }
-                }
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
+            && let Some(spec) = lease.spec.as_mut()
+            && spec.holder_identity.as_deref() == Some(&self.identity)
+        {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            if self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .is_ok()
+            {
+                info!(lease = %self.name, "lease released");
             }
         }
         self.state.lock().unwrap_or_else(|p| p.into_inner()).leader_until = None;

@@ -50,7 +50,7 @@ impl Unavailable {
             Self::ServiceMissing => "service not found",
             Self::PortMissing => "service port not found",
             Self::NoReadyEndpoints => "no ready endpoints",
-            Self::ExternalNameUnsupported => "ExternalName services are not supported",
+            Self::ExternalNameUnsupported => "ExternalName services with a DNS name are not supported yet",
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ingress::ServiceRef;
 use crate::problem::{Problem, Subject};
@@ -75,7 +76,7 @@ impl<'w> Backends<'w> {
                 Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
                 Unavailable::ExternalNameUnsupported => (
                     "external_name_unsupported",
-                    "ExternalName Services are not supported yet",
+                    "ExternalName Services are supported with an IP address only, not a DNS name yet",
                 ),
             };
             problems.push(Problem::warning(
@@ -93,10 +94,10 @@ impl<'w> Backends<'w> {
             return Backend::unavailable(id, Unavailable::ServiceMissing);
         };
         let spec = service.spec.as_ref();
-        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            return Backend::unavailable(id, Unavailable::ExternalNameUnsupported);
-        }
         let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return external_name(id, spec.and_then(|s| s.external_name.as_deref()), ports);
+        }
         let Some(port) = ports.iter().find(|p| port_matches(p, &id.port)) else {
             return Backend::unavailable(id, Unavailable::PortMissing);
         };
@@ -133,6 +134,29 @@ impl<'w> Backends<'w> {
             }
         }
         Backend::new(id, endpoints)
+    }
+}
+
+/// An ExternalName Service whose name is an IP address: that address, on the Service port's
+/// target port (or the port the Ingress names). DNS names would need resolving off the
+/// request path, which pylon does not do yet.
+fn external_name(id: BackendId, name: Option<&str>, ports: &[ServicePort]) -> Backend {
+    let Some(ip) = name.and_then(|n| n.parse::<IpAddr>().ok()) else {
+        return Backend::unavailable(id, Unavailable::ExternalNameUnsupported);
+    };
+    let port = match ports.iter().find(|p| port_matches(p, &id.port)) {
+        Some(p) => match &p.target_port {
+            Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
+            _ => u16::try_from(p.port).ok(),
+        },
+        None => match id.port {
+            PortRef::Number(n) => Some(n),
+            PortRef::Name(_) => None,
+        },
+    };
+    match port {
+        Some(port) => Backend::new(id, vec![SocketAddr::new(ip, port)]),
+        None => Backend::unavailable(id, Unavailable::PortMissing),
     }
 }
 

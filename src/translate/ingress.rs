@@ -53,8 +53,15 @@ impl ParsedIngress {
     }
 }
 
+/// Why an Ingress is rejected, and what else is worth saying about it.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+}
+
 /// Checks an Ingress. On failure, returns every reason.
-pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<String>> {
+pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Rejected> {
     let mut errors = Vec::new();
     let mut notes = Vec::new();
     let annotations = annotations::parse(ingress.metadata.annotations.as_ref());
@@ -164,7 +171,7 @@ pub fn parse(key: &ObjectKey, ingress: &Ingress) -> Result<ParsedIngress, Vec<St
     }
 
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(Rejected { errors, notes });
     }
     Ok(ParsedIngress {
         key: key.clone(),

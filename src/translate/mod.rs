@@ -280,7 +280,7 @@ fn select(
                 memo.good_ingresses.insert(key.clone(), ing.clone());
                 served.push(parsed);
             }
-            Err(errors) => {
+            Err(rejected) => {
                 let last_good = previous
                     .memo
                     .good_ingresses
@@ -294,8 +294,11 @@ fn select(
                 problems.push(Problem::error(
                     subject.clone(),
                     "invalid_ingress",
-                    format!("{}{tail}", errors.join("; ")),
+                    format!("{}{tail}", rejected.errors.join("; ")),
                 ));
+                for note in rejected.notes {
+                    problems.push(Problem::warning(subject.clone(), "ignored_setting", note));
+                }
                 if let Some((old, parsed)) = last_good {
                     memo.good_ingresses.insert(key.clone(), old.clone());
                     served.push(parsed);

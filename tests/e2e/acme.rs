@@ -18,6 +18,7 @@ fn options() -> Options {
         extra_config:
             "[ingress]\nclasses = [\"nginx\"]\n[acme]\nretry-backoff = \"1s\"\nretry-backoff-max = \"2s\"\n"
                 .into(),
+        ..Default::default()
     }
 }
 

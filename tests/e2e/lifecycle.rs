@@ -85,6 +85,7 @@ async fn sigterm_fails_readiness_then_drains_in_flight_requests() {
         &[("app.yaml", &single_route(up.addr, "app.test", &[]))],
         Options {
             extra_config: "[shutdown]\ndelay = \"1500ms\"\ndrain-timeout = \"10s\"\n".into(),
+            ..Default::default()
         },
     );
     let (http, started) = (pylon.http, Instant::now());

@@ -47,6 +47,7 @@ async fn oversized_headers_and_bodies_are_refused() {
         Options {
             extra_config: "[proxy]\nmax-request-header-size = \"8k\"\nmax-request-body-size = \"16k\"\n"
                 .into(),
+            ..Default::default()
         },
     );
 

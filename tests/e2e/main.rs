@@ -7,6 +7,8 @@ mod support;
 
 mod acme;
 mod cli;
+mod kube;
+mod kube_smoke;
 mod lifecycle;
 mod limits;
 mod protocols;

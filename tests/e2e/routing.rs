@@ -67,6 +67,7 @@ async fn routes_by_host_path_class_and_default_backend() {
         &[("all.yaml", &yaml)],
         Options {
             extra_config: "[ingress]\nclasses = [\"nginx\"]\n".into(),
+            ..Default::default()
         },
     );
 

@@ -219,6 +219,7 @@ async fn a_configured_default_certificate_replaces_the_self_signed_one() {
         &[("secret.yaml", &tls_secret("fallback", &fallback))],
         crate::support::pylon::Options {
             extra_config: "[ingress]\ndefault-certificate = \"default/fallback\"\n".into(),
+            ..Default::default()
         },
     );
     let insecure = TlsClient::insecure(&[b"http/1.1"]);

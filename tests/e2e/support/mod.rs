@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod kube_env;
 pub mod pebble;
 pub mod pylon;
 pub mod upstream;
@@ -91,6 +92,16 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> String {
         yaml += &endpoint_slice(&format!("{name}-{i}"), name, *addr, true);
     }
     yaml
+}
+
+/// A Service `name` of type ExternalName pointing at `addr` (an IP literal): the way to reach
+/// a loopback upstream through a real API server, which refuses loopback EndpointSlices.
+pub fn external_service(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{type: ExternalName, externalName: \"{ip}\", ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n",
+        ip = addr.ip(),
+        port = addr.port()
+    )
 }
 
 pub fn endpoint_slice(slice: &str, service: &str, addr: SocketAddr, ready: bool) -> String {

@@ -28,6 +28,8 @@ pub struct Pylon {
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub extra_config: String,
+    /// Environment variables for the process (e.g. `POD_NAME`).
+    pub env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -136,6 +138,7 @@ level = "info,pylon=debug"
             .stdout(std::fs::File::create(dir.path().join(format!("stdout.{id}.log"))).expect("log file"))
             .stderr(std::fs::File::create(dir.path().join(format!("stderr.{id}.log"))).expect("log file"))
             .stdin(Stdio::null())
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .spawn()
             .expect("spawn pylon");
         let mut pylon = Self {
