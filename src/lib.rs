@@ -16,7 +16,8 @@
 //!
 //! - [`config`]: the TOML file and command-line flags, validated into a [`config::Config`].
 //! - [`source`]: turns the outside world into a [`source::World`] of k8s-openapi objects.
-//!   [`source::files`] reads manifests from directories and watches them.
+//!   [`source::files`] reads manifests from directories and watches them;
+//!   [`source::kubernetes`] runs one reflector per kind against the API server.
 //! - [`translate`]: the pure function from `World` to [`snapshot::Snapshot`]. It knows Ingress v1
 //!   semantics and parses annotations into typed values; bad objects become [`translate::Problem`]s.
 //! - [`routing`]: the route table (host → path → backend) and pylon's own name types.
@@ -26,6 +27,8 @@
 //!   certificates as Secrets, which reach the resolver through the source like any Secret.
 //! - [`snapshot`]: everything the request path reads, published with a single store.
 //! - [`control`]: the loop that translates each new `World` and publishes the result.
+//! - [`cluster`]: writes to the API server: Secrets (server-side apply), the Lease that elects
+//!   the certificate orderer, Ingress status, Events.
 //! - [`proxy`]: the pingora `ProxyHttp` implementation.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
 //! - [`metrics`]: every metric name and label set.

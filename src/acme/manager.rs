@@ -78,6 +78,9 @@ pub struct Manager {
     written: HashMap<ObjectKey, SecretWrite>,
     /// Events on the Ingresses certificates are for (cluster mode).
     events: Events,
+    /// Secrets pylon could not write (no permission, another owner): attempts and the time
+    /// of the next one. Kept in memory, since the failure itself cannot be recorded.
+    unwritable: HashMap<ObjectKey, (u32, Timestamp)>,
 }
 
 /// The target Secret as the manager sees it: its last write, or what the source read.
@@ -117,6 +120,7 @@ impl Manager {
             stale_accounts: HashSet::default(),
             written: HashMap::default(),
             events: Events::none(),
+            unwritable: HashMap::default(),
         }
     }
 
@@ -184,7 +188,16 @@ impl Manager {
             }
             let view = self.view(req);
             let now = Timestamp::now();
-            let at = match decide(req, &view, now) {
+            let blocked = self
+                .unwritable
+                .get(&req.secret)
+                .map(|(_, at)| *at)
+                .filter(|at| *at > now);
+            let decision = match blocked {
+                Some(at) => Decision::Wait(at),
+                None => decide(req, &view, now),
+            };
+            let at = match decision {
                 Decision::Keep(at) => {
                     let at = self.check_renewal_info(req, &view, at).await;
                     debug!(secret = %req.secret, renew_at = %at, "certificate is valid");
@@ -333,6 +346,7 @@ impl Manager {
                     "certificate issued and stored"
                 );
                 self.written.insert(req.secret.clone(), write);
+                self.unwritable.remove(&req.secret);
                 self.event(
                     req,
                     false,
@@ -349,6 +363,7 @@ impl Manager {
             Err(e) => {
                 warn!(error = %e, "cannot store the issued certificate");
                 self.event(req, true, "CertificateNotStored", e.to_string());
+                self.cannot_write(&req.secret);
             }
         }
     }
@@ -430,9 +445,25 @@ impl Manager {
         match self.store.write(&write).await {
             Ok(()) => {
                 self.written.insert(req.secret.clone(), write);
+                self.unwritable.remove(&req.secret);
             }
-            Err(e) => warn!(error = %e, "cannot record the failed attempt"),
+            Err(e) => {
+                warn!(error = %e, "cannot record the failed attempt");
+                self.cannot_write(&req.secret);
+            }
         }
+    }
+
+    /// Backs off a Secret that cannot be written, in memory.
+    fn cannot_write(&mut self, secret: &ObjectKey) {
+        let failures = self.unwritable.get(secret).map_or(0, |(n, _)| *n) + 1;
+        let delay = schedule::backoff(
+            failures,
+            self.options.retry_backoff,
+            self.options.retry_backoff_max,
+        );
+        let at = Timestamp::now() + SignedDuration::try_from(delay).unwrap_or_default();
+        self.unwritable.insert(secret.clone(), (failures, at));
     }
 
     /// Writes order progress without changing the certificate.
@@ -1154,5 +1185,59 @@ mod tests {
         let later = now + SignedDuration::from_mins(5);
         view.state.retry_after = Some(later);
         assert_eq!(decide(&req, &view, now), Decision::Wait(later));
+    }
+
+    /// A store that refuses every write, as the API server does without permission.
+    struct Refusing(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl crate::acme::store::Store for Refusing {
+        async fn write(&self, secret: &SecretWrite) -> Result<(), crate::acme::store::StoreError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(crate::acme::store::StoreError {
+                key: secret.key.clone(),
+                reason: "forbidden".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_cannot_be_written_is_not_issued_again_and_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Refusing(Default::default()));
+        let published = Published::default();
+        let lock = Arc::new(FileLock::new(dir.path().to_owned()));
+        lock.acquire().await;
+        let mut m = Manager::new(
+            store.clone(),
+            lock,
+            published.clone(),
+            Metrics::new(published),
+            Options {
+                retry_backoff: Duration::from_secs(60),
+                retry_backoff_max: Duration::from_secs(86400),
+            },
+        );
+        let mut req = request("http://127.0.0.1:9/dir".into());
+        req.issuer = Arc::new(IssuerConfig {
+            reference: IssuerRef::cluster("self"),
+            method: Method::SelfSigned,
+        });
+        req.current = Current::default();
+        let work = Work {
+            requests: vec![req],
+            ..Work::default()
+        };
+        m.pass(&work).await;
+        let writes = store.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(writes, 1, "one attempt to store");
+        for _ in 0..3 {
+            m.pass(&work).await;
+        }
+        assert_eq!(
+            store.0.load(std::sync::atomic::Ordering::Relaxed),
+            writes,
+            "backed off"
+        );
     }
 }

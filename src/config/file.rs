@@ -408,7 +408,11 @@ fn build_kubernetes(c: &mut Check, file: KubernetesFile, o: &Overrides) -> Kuber
     }
     KubernetesConfig {
         enabled: o.kubernetes || file.enabled.unwrap_or(false),
-        kubeconfig: o.kubeconfig.clone().or(file.kubeconfig),
+        kubeconfig: o
+            .kubeconfig
+            .clone()
+            .or(file.kubeconfig)
+            .filter(|p| !p.as_os_str().is_empty()),
         watch_namespaces,
         publish_service,
         publish_status_addresses,
@@ -606,6 +610,14 @@ mod tests {
         let c = build(file, &overrides).expect("valid");
         assert_eq!(c.listen.http.port(), 2);
         assert_eq!(c.manifests.dirs, [PathBuf::from("b"), PathBuf::from("c")]);
+    }
+
+    /// config/pylon.toml documents every key with its default: it must say exactly what an
+    /// empty file means.
+    #[test]
+    fn the_documented_configuration_is_the_default() {
+        let documented = build_str(include_str!("../../config/pylon.toml")).expect("valid");
+        assert_eq!(documented, build_str("").expect("valid"));
     }
 
     #[test]
