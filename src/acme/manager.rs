@@ -1191,7 +1191,7 @@ mod tests {
     struct Refusing(std::sync::atomic::AtomicUsize);
 
     #[async_trait::async_trait]
-    impl crate::acme::store::Store for Refusing {
+    impl Store for Refusing {
         async fn write(&self, secret: &SecretWrite) -> Result<(), crate::acme::store::StoreError> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(crate::acme::store::StoreError {
