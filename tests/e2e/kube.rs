@@ -171,6 +171,39 @@ async fn routes_follow_the_api_server_and_status_is_written() {
     wait_for(&pylon, "second.test", "404", Duration::from_secs(3)).await;
     assert_eq!(upstream_of(&pylon, "first.test").await, "a");
     assert_eq!(pylon.metric("pylon_acme_leader"), 1.0);
+
+    // Handed to another controller: no longer served, and pylon's status is taken back.
+    let (code, _, err) = env.kubectl(
+        &[
+            "patch",
+            "ingress",
+            "first",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"ingressClassName":"other"}}"#,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_for(&pylon, "first.test", "404", Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ing = kubectl_json(env, &["get", "ingress", "first", "-n", &ns]);
+        if ing["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status not cleared: {ing}\n{}",
+            pylon.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// ClusterIssuer for Pebble with a name unique to the test (ClusterIssuers are cluster-wide).
