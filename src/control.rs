@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use crate::acme::manager::Work;
 use crate::admin::Health;
-use crate::cluster::events::{EventRequest, Events, pascal_case};
+use crate::cluster::events::{CONFIGURE, EventRequest, Events, pascal_case};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Severity};
 use crate::snapshot::Published;
@@ -83,7 +83,7 @@ impl Control {
                     warning: true,
                     reason: pascal_case(problem.reason),
                     note: problem.message.clone(),
-                    action: "Configure",
+                    action: CONFIGURE,
                 });
             }
         }

@@ -1,8 +1,12 @@
 //! Events (`events.k8s.io/v1`) on the objects users look at first (`kubectl describe ingress`):
 //! certificates ordered, issued or failing, annotations rejected, backends missing. Only the
-//! process holding the lease publishes, so replicas do not repeat each other.
+//! process holding the lease publishes, so replicas do not repeat each other. Configuration
+//! problems found before this process holds the lease are kept and published once it does, so
+//! that a problem present at start-up is not lost to the election.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -57,37 +61,76 @@ impl Events {
                 rx,
                 recorder,
                 leadership,
+                held: BTreeMap::new(),
             },
         )
     }
 }
 
+/// Configuration problems kept while this process does not hold the lease, at most this many.
+const MAX_HELD: usize = 4096;
+/// The action of configuration-problem events (the others are about one certificate order and
+/// only ever come from the leader).
+pub const CONFIGURE: &str = "Configure";
+
 pub struct Publisher {
     rx: mpsc::Receiver<EventRequest>,
     recorder: Recorder,
     leadership: Arc<dyn Leadership>,
+    /// Configuration problems seen while not leading, by object and reason (the latest wins).
+    held: BTreeMap<(String, String, String, String), EventRequest>,
 }
 
 impl Publisher {
     pub async fn run(mut self) {
-        while let Some(e) = self.rx.recv().await {
-            if !self.leadership.is_leader() {
-                continue;
-            }
-            let event = Event {
-                type_: if e.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                e = self.rx.recv() => match e {
+                    Some(e) if self.leadership.is_leader() => self.publish(e).await,
+                    Some(e) => self.hold(e),
+                    None => return,
                 },
-                reason: e.reason,
-                note: Some(truncate(&e.note, 1024)),
-                action: e.action.to_owned(),
-                secondary: None,
-            };
-            if let Err(err) = self.recorder.publish(&event, &e.regarding).await {
-                debug!(error = %err, "cannot publish an event");
+                _ = tick.tick() => {
+                    if !self.held.is_empty() && self.leadership.is_leader() {
+                        for (_, e) in std::mem::take(&mut self.held) {
+                            self.publish(e).await;
+                        }
+                    }
+                }
             }
+        }
+    }
+
+    fn hold(&mut self, e: EventRequest) {
+        if e.action != CONFIGURE {
+            return;
+        }
+        let key = (
+            e.regarding.kind.clone().unwrap_or_default(),
+            e.regarding.namespace.clone().unwrap_or_default(),
+            e.regarding.name.clone().unwrap_or_default(),
+            e.reason.clone(),
+        );
+        if self.held.len() < MAX_HELD || self.held.contains_key(&key) {
+            self.held.insert(key, e);
+        }
+    }
+
+    async fn publish(&self, e: EventRequest) {
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason,
+            note: Some(truncate(&e.note, 1024)),
+            action: e.action.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &e.regarding).await {
+            debug!(error = %err, "cannot publish an event");
         }
     }
 }
