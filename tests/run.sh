@@ -33,3 +33,8 @@ echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --all-targets
+
+# The side-by-side benchmark harness, each scenario for about a second against nginx, HAProxy
+# and Envoy: proves that it works (its figures are not checked; see docs/benchmarks.md).
+echo "==> benches/compare.sh --smoke --debug"
+benches/compare.sh --smoke --debug

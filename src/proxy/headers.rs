@@ -1,7 +1,8 @@
 //! Request headers pylon reads and sets: Host, forwarded headers, request ID, size limits.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 
 use crate::routing::host::{MAX_HOST_LEN, normalize_request_host};
@@ -44,10 +45,24 @@ pub(super) fn usable_request_id(value: &[u8]) -> bool {
 }
 
 /// 32 random hex digits, like nginx's `$request_id`.
-pub(super) fn new_request_id() -> String {
-    let mut id = String::with_capacity(32);
-    let _ = write!(id, "{:032x}", fastrand::u128(..));
-    id
+pub(super) fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let mut n = fastrand::u128(..);
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+/// An IP address as a header value, formatted without a heap allocation of its own.
+pub(super) fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
 }
 
 #[cfg(test)]
@@ -58,10 +73,16 @@ mod tests {
     fn request_ids() {
         let id = new_request_id();
         assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(id, new_request_id());
         assert!(usable_request_id(b"abc-123"));
         assert!(!usable_request_id(b"has space"));
         assert!(!usable_request_id(&[b'a'; 200]));
+        assert_eq!(ip_header_value("10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(
+            ip_header_value("2001:db8::ffff:1:2:3".parse().unwrap()),
+            "2001:db8::ffff:1:2:3"
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub struct Ctx {
     _in_flight: InFlightGuard,
     route: Option<Arc<Route>>,
     tls: bool,
-    request_id: Option<String>,
+    request_id: Option<http::HeaderValue>,
     tried: Vec<SocketAddr>,
     upstream_start: Option<Instant>,
     upstream_duration: Option<Duration>,
@@ -227,7 +227,7 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         ctx.request_id = Some(match req.headers.get(X_REQUEST_ID) {
-            Some(v) if usable_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if usable_request_id(v.as_bytes()) => v.clone(),
             _ => new_request_id(),
         });
 
@@ -347,31 +347,31 @@ impl ProxyHttp for Proxy {
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .map(|a| ip_header_value(a.ip()));
         if let Some(ip) = client_ip {
-            upstream.insert_header(X_FORWARDED_FOR, &ip)?;
-            upstream.insert_header(X_REAL_IP, &ip)?;
+            upstream.insert_header(X_FORWARDED_FOR, ip.clone())?;
+            upstream.insert_header(X_REAL_IP, ip)?;
         } else {
             upstream.remove_header(X_FORWARDED_FOR);
             upstream.remove_header(X_REAL_IP);
         }
         upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
-        match authority(session.req_header()).map(<[u8]>::to_vec) {
+        match authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok()) {
             Some(host) => {
-                upstream.insert_header(X_FORWARDED_HOST, host.as_slice())?;
                 if upstream.headers.get(http::header::HOST).is_none() {
-                    upstream.insert_header(http::header::HOST, host)?;
+                    upstream.insert_header(http::header::HOST, host.clone())?;
                 }
+                upstream.insert_header(X_FORWARDED_HOST, host)?;
             }
             None => {
                 upstream.remove_header(X_FORWARDED_HOST);
             }
         }
         if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
-            upstream.insert_header(X_FORWARDED_PORT, port.to_string())?;
+            upstream.insert_header(X_FORWARDED_PORT, http::HeaderValue::from(port))?;
         }
         if let Some(id) = &ctx.request_id {
-            upstream.insert_header(X_REQUEST_ID, id.as_str())?;
+            upstream.insert_header(X_REQUEST_ID, id.clone())?;
         }
         Ok(())
     }
@@ -495,7 +495,7 @@ impl ProxyHttp for Proxy {
             upstream_duration_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
             ingress: ctx.route.as_ref().map(|r| r.ingress.to_string()),
             service: ctx.route.as_ref().map(|r| r.backend.id.to_string()),
-            request_id: ctx.request_id.as_deref(),
+            request_id: ctx.request_id.as_ref().and_then(|id| id.to_str().ok()),
             tls_version: tls.map(|t| t.version),
             alpn,
             user_agent: req
