@@ -13,8 +13,9 @@ use crate::cluster::events::{CONFIGURE, EventRequest, Events, pascal_case};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Severity};
 use crate::snapshot::Published;
-use crate::source::World;
+use crate::source::{ObjectKey, World};
 use crate::translate::{Settings, translate};
+use foldhash::HashMap;
 
 pub struct Control {
     settings: Settings,
@@ -27,6 +28,8 @@ pub struct Control {
     work: watch::Sender<Arc<Work>>,
     /// Events on the objects problems are about (cluster mode).
     events: Events,
+    /// The expiry of each certificate in service, as last exported.
+    certificates: HashMap<ObjectKey, i64>,
 }
 
 impl Control {
@@ -39,6 +42,7 @@ impl Control {
             reported: BTreeSet::new(),
             work: watch::Sender::new(Arc::default()),
             events: Events::none(),
+            certificates: HashMap::default(),
         }
     }
 
@@ -54,9 +58,16 @@ impl Control {
     /// Translates `world`, publishes the snapshot and reports what changed. Returns the current
     /// problems.
     pub fn apply(&mut self, world: &Arc<World>) -> Vec<Problem> {
+        let started = std::time::Instant::now();
         let previous = self.published.load_full();
         let translation = translate(world, &self.settings, &previous);
-        let snapshot = translation.snapshot;
+        let translated = started.elapsed();
+        // Publish first: reporting below does not delay the change.
+        let snapshot = Arc::new(translation.snapshot);
+        self.published.store(snapshot.clone());
+        self.health.mark_published();
+        let elapsed = started.elapsed();
+        self.metrics.config_apply_duration.observe(elapsed.as_secs_f64());
 
         let current: BTreeSet<Problem> = translation.problems.iter().cloned().collect();
         for problem in current.difference(&self.reported) {
@@ -97,12 +108,26 @@ impl Control {
         self.reported = current;
 
         let m = &self.metrics;
-        m.certificate_not_after.reset();
-        for cert in &translation.certificates {
-            m.certificate_not_after
-                .with_label_values(&[&cert.secret.namespace, &cert.secret.name])
-                .set(cert.not_after as f64);
+        let certificates: HashMap<ObjectKey, i64> = translation
+            .certificates
+            .iter()
+            .map(|c| (c.secret.clone(), c.not_after))
+            .collect();
+        for secret in self.certificates.keys() {
+            if !certificates.contains_key(secret) {
+                let _ = m
+                    .certificate_not_after
+                    .remove_label_values(&[&secret.namespace, &secret.name]);
+            }
         }
+        for (secret, not_after) in &certificates {
+            if self.certificates.get(secret) != Some(not_after) {
+                m.certificate_not_after
+                    .with_label_values(&[&secret.namespace, &secret.name])
+                    .set(*not_after as f64);
+            }
+        }
+        self.certificates = certificates;
         let backends = snapshot.routes.backends();
         m.routes.set(snapshot.routes.len() as i64);
         m.backends.set(backends.len() as i64);
@@ -115,22 +140,26 @@ impl Control {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
+        let generation = snapshot.generation;
         info!(
-            generation = snapshot.generation,
+            generation,
             routes = snapshot.routes.len(),
             certificates = snapshot.certs.len(),
             problems = translation.problems.len(),
+            translate_ms = translated.as_secs_f64() * 1e3,
+            publish_ms = elapsed.as_secs_f64() * 1e3,
             "configuration published"
         );
-        let generation = snapshot.generation;
-        self.published.store(Arc::new(snapshot));
-        self.health.mark_published();
         self.work.send_replace(Arc::new(Work {
             generation,
             requests: translation.requests,
             served: translation.served,
             world: world.clone(),
         }));
+        // Freeing a large snapshot takes as long as building it; the next change need not wait.
+        let _ = std::thread::Builder::new()
+            .name("pylon-free".into())
+            .spawn(move || drop(previous));
         translation.problems
     }
 

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub certificate_not_after: GaugeVec,
     pub config_reloads: IntCounter,
     pub config_last_reload: prometheus::Gauge,
+    pub config_apply_duration: Histogram,
     pub rejections: IntCounterVec,
     pub problems: IntGaugeVec,
     pub routes: IntGauge,
@@ -217,6 +218,10 @@ impl Metrics {
             certificate_not_after,
             config_reloads: counter("pylon_config_reloads_total", "Configuration snapshots published"),
             config_last_reload,
+            config_apply_duration: histogram(
+                "pylon_config_apply_duration_seconds",
+                "Time to translate a changed configuration and publish its snapshot",
+            ),
             rejections: counter_vec(
                 "pylon_config_rejections_total",
                 "Objects, files or annotations rejected or reported, by kind and reason",

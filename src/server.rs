@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -162,12 +164,20 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         .name("pylon proxy")
         .server_options(options_h)
         .build();
-    proxy_service.add_tcp(&config.listen.http.to_string());
+    proxy_service.add_listener(
+        ListenerConfig::tcp(config.listen.http.to_string())
+            .l4_buffer(L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes)),
+    );
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
-    proxy_service.add_tls_with_settings(&config.listen.https.to_string(), None, tls);
+    let read_buffer = L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes);
+    proxy_service.add_listener(
+        ListenerConfig::tcp(config.listen.https.to_string())
+            .tls(tls)
+            .l4_buffer(read_buffer),
+    );
     server.add_service(proxy_service);
 
     let mut admin = Service::new(

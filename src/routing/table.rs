@@ -139,9 +139,11 @@ impl RouteTable {
     /// Every distinct backend referenced by a route.
     pub fn backends(&self) -> Vec<&Arc<Backend>> {
         let mut seen: Vec<&Arc<Backend>> = self
-            .entries()
-            .into_iter()
-            .map(|e| &e.route.backend)
+            .exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(self.any.iter())
+            .flat_map(|routes| routes.entries().map(|(_, _, route)| &route.backend))
             .chain(self.default.iter().map(|r| &r.backend))
             .collect();
         seen.sort_by_key(|b| Arc::as_ptr(b));

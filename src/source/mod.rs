@@ -100,6 +100,21 @@ impl World {
             SharedObject::Issuer(o) => drop(self.issuers.insert(key, o)),
         }
     }
+
+    /// Removes the object `id` names, if present.
+    pub fn remove(&mut self, id: &manifest::ObjectId) {
+        use manifest::Kind;
+        let key = &id.key;
+        match id.kind {
+            Kind::Ingress => drop(self.ingresses.remove(key)),
+            Kind::IngressClass => drop(self.ingress_classes.remove(&key.name)),
+            Kind::Service => drop(self.services.remove(key)),
+            Kind::EndpointSlice => drop(self.endpoint_slices.remove(key)),
+            Kind::Secret => drop(self.secrets.remove(key)),
+            Kind::ClusterIssuer => drop(self.cluster_issuers.remove(&key.name)),
+            Kind::Issuer => drop(self.issuers.remove(key)),
+        }
+    }
 }
 
 /// Every object pylon reads, as one consistent view.

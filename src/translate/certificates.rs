@@ -30,7 +30,7 @@ pub(super) struct Wanted {
 type Usable = Result<(Arc<IssuerConfig>, Arc<IssuerMaterial>), String>;
 
 pub(super) fn certificates(
-    served: &[ParsedIngress],
+    served: &[Arc<ParsedIngress>],
     world: &World,
     settings: &Settings,
     certs: &mut Certs<'_>,

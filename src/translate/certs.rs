@@ -1,7 +1,7 @@
 //! TLS Secrets parsed into certificates, remembered between runs by the content of the Secret.
 
 use foldhash::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -14,7 +14,10 @@ use crate::tls::{self, Certificate};
 /// What is known about one Secret's certificate.
 #[derive(Clone, Debug)]
 pub(super) struct CertMemo {
-    /// Hash of `tls.crt` and `tls.key` as last parsed.
+    /// The Secret as last parsed: a source hands over an unchanged Secret as the same `Arc`.
+    source: Arc<Secret>,
+    /// Hash of `tls.crt` and `tls.key` as last parsed (a resync may hand over equal content in
+    /// a new object).
     fingerprint: u64,
     /// The outcome of parsing that content.
     parsed: Result<Arc<Certificate>, tls::Error>,
@@ -22,20 +25,32 @@ pub(super) struct CertMemo {
     last_good: Option<Arc<Certificate>>,
 }
 
+impl CertMemo {
+    /// The certificate to serve: the parsed one, else the last good one.
+    fn current(&self) -> Option<&Arc<Certificate>> {
+        self.parsed.as_ref().ok().or(self.last_good.as_ref())
+    }
+}
+
 pub(super) struct Certs<'a> {
     world: &'a World,
-    previous: &'a HashMap<ObjectKey, CertMemo>,
-    next: HashMap<ObjectKey, CertMemo>,
+    previous: &'a HashMap<ObjectKey, Arc<CertMemo>>,
+    next: HashMap<ObjectKey, Arc<CertMemo>>,
     in_use: Vec<CertificateInUse>,
+    /// Unix time of this translation, for expiry checks.
+    now: i64,
 }
 
 impl<'a> Certs<'a> {
-    pub(super) fn new(world: &'a World, previous: &'a HashMap<ObjectKey, CertMemo>) -> Self {
+    pub(super) fn new(world: &'a World, previous: &'a HashMap<ObjectKey, Arc<CertMemo>>) -> Self {
         Self {
             world,
             previous,
             next: HashMap::default(),
             in_use: Vec::new(),
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
         }
     }
 
@@ -49,21 +64,20 @@ impl<'a> Certs<'a> {
         report_missing: bool,
         problems: &mut Vec<Problem>,
     ) -> Option<Arc<Certificate>> {
-        if !self.world.secrets.contains_key(secret) {
-            if !report_missing {
-                return None;
+        let Some(object) = self.world.secrets.get(secret) else {
+            if report_missing {
+                problems.push(Problem::warning(
+                    Subject::object("Ingress", &ingress.namespace, &ingress.name),
+                    "tls_secret_missing",
+                    format!(
+                        "TLS Secret {} not found; its hosts get the default certificate",
+                        secret.name
+                    ),
+                ));
             }
-            problems.push(Problem::warning(
-                Subject::object("Ingress", &ingress.namespace, &ingress.name),
-                "tls_secret_missing",
-                format!(
-                    "TLS Secret {} not found; its hosts get the default certificate",
-                    secret.name
-                ),
-            ));
             return None;
-        }
-        self.certificate(secret, problems)
+        };
+        self.certificate(secret, object, problems)
     }
 
     /// The configured default certificate.
@@ -72,39 +86,47 @@ impl<'a> Certs<'a> {
         secret: &ObjectKey,
         problems: &mut Vec<Problem>,
     ) -> Option<Arc<Certificate>> {
-        if !self.world.secrets.contains_key(secret) {
+        let Some(object) = self.world.secrets.get(secret) else {
             problems.push(Problem::error(
                 Subject::object("Secret", &secret.namespace, &secret.name),
                 "tls_secret_missing",
                 "configured as the default certificate but not found; a self-signed certificate is served",
             ));
             return None;
-        }
-        self.certificate(secret, problems)
+        };
+        self.certificate(secret, object, problems)
     }
 
-    fn certificate(&mut self, key: &ObjectKey, problems: &mut Vec<Problem>) -> Option<Arc<Certificate>> {
-        if !self.next.contains_key(key) {
-            let memo = self.parse(key, problems);
-            if let Some(cert) = memo.parsed.as_ref().ok().or(memo.last_good.as_ref()) {
-                self.in_use.push(CertificateInUse {
-                    secret: key.clone(),
-                    not_after: cert.not_after,
-                });
-            }
-            self.next.insert(key.clone(), memo);
+    fn certificate(
+        &mut self,
+        key: &ObjectKey,
+        secret: &Arc<Secret>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Arc<Certificate>> {
+        if let Some(memo) = self.next.get(key) {
+            return memo.current().cloned();
         }
-        let memo = &self.next[key];
-        memo.parsed.as_ref().ok().or(memo.last_good.as_ref()).cloned()
+        let memo = self.parse(key, secret, problems);
+        let current = memo.current().cloned();
+        if let Some(cert) = &current {
+            self.in_use.push(CertificateInUse {
+                secret: key.clone(),
+                not_after: cert.not_after,
+            });
+        }
+        self.next.insert(key.clone(), memo);
+        current
     }
 
-    fn parse(&self, key: &ObjectKey, problems: &mut Vec<Problem>) -> CertMemo {
-        let secret = &self.world.secrets[key];
+    fn parse(&self, key: &ObjectKey, secret: &Arc<Secret>, problems: &mut Vec<Problem>) -> Arc<CertMemo> {
         let (crt, tls_key) = pem_pair(secret);
-        let fingerprint = fingerprint(crt, tls_key);
         let previous = self.previous.get(key);
         let memo = match previous {
-            Some(p) if p.fingerprint == fingerprint => p.clone(),
+            Some(p) if Arc::ptr_eq(&p.source, secret) => p.clone(),
+            Some(p) if p.fingerprint == fingerprint(crt, tls_key) => Arc::new(CertMemo {
+                source: secret.clone(),
+                ..CertMemo::clone(p)
+            }),
             _ => {
                 let parsed = match (crt, tls_key) {
                     (Some(c), Some(k)) => Certificate::from_pem(c, k).map(Arc::new),
@@ -115,14 +137,15 @@ impl<'a> Certs<'a> {
                     Ok(cert) => Some(cert.clone()),
                     Err(_) => previous.and_then(|p| p.last_good.clone()),
                 };
-                CertMemo {
-                    fingerprint,
+                Arc::new(CertMemo {
+                    source: secret.clone(),
+                    fingerprint: fingerprint(crt, tls_key),
                     parsed,
                     last_good,
-                }
+                })
             }
         };
-        let subject = Subject::object("Secret", &key.namespace, &key.name);
+        let subject = || Subject::object("Secret", &key.namespace, &key.name);
         // A Secret pylon created before its first certificate holds only order state.
         let awaiting_issue = crt.is_none() && crate::acme::state::managed_by_pylon(secret);
         if let (Err(e), false) = (&memo.parsed, awaiting_issue) {
@@ -131,14 +154,11 @@ impl<'a> Certs<'a> {
             } else {
                 "; its hosts get the default certificate"
             };
-            problems.push(Problem::error(subject, e.metric_label(), format!("{e}{tail}")));
+            problems.push(Problem::error(subject(), e.metric_label(), format!("{e}{tail}")));
         } else if let Ok(cert) = &memo.parsed {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            if cert.not_after < now {
+            if cert.not_after < self.now {
                 problems.push(Problem::warning(
-                    subject,
+                    subject(),
                     "certificate_expired",
                     "the certificate has expired",
                 ));
@@ -150,11 +170,12 @@ impl<'a> Certs<'a> {
     /// The certificate of a Secret pylon manages, if it holds a valid one.
     pub(super) fn managed(&mut self, key: &ObjectKey) -> Option<Arc<Certificate>> {
         let mut ignored = Vec::new();
-        self.certificate(key, &mut ignored);
+        let secret = self.world.secrets.get(key)?;
+        self.certificate(key, secret, &mut ignored);
         self.next.get(key)?.parsed.as_ref().ok().cloned()
     }
 
-    pub(super) fn finish(self) -> (HashMap<ObjectKey, CertMemo>, Vec<CertificateInUse>) {
+    pub(super) fn finish(self) -> (HashMap<ObjectKey, Arc<CertMemo>>, Vec<CertificateInUse>) {
         (self.next, self.in_use)
     }
 }
@@ -170,7 +191,7 @@ fn pem_pair(secret: &Secret) -> (Option<&[u8]>, Option<&[u8]>) {
 }
 
 fn fingerprint(crt: Option<&[u8]>, key: Option<&[u8]>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = foldhash::quality::FixedState::default().build_hasher();
     crt.hash(&mut h);
     key.hash(&mut h);
     h.finish()

@@ -70,10 +70,11 @@ impl Settings {
 /// function of its inputs.
 #[derive(Debug, Default)]
 pub struct Memo {
-    /// The last version of each served Ingress that passed validation.
-    good_ingresses: HashMap<ObjectKey, Arc<Ingress>>,
+    /// The last version of each served Ingress that passed validation, parsed. An Ingress the
+    /// source hands over unchanged (the same `Arc`) is not parsed again.
+    good_ingresses: HashMap<ObjectKey, (Arc<Ingress>, Arc<ParsedIngress>)>,
     /// Parsed certificates by Secret.
-    certs: HashMap<ObjectKey, CertMemo>,
+    certs: HashMap<ObjectKey, Arc<CertMemo>>,
 }
 
 /// A certificate in service, for metrics.
@@ -264,7 +265,7 @@ fn select(
     previous: &Snapshot,
     memo: &mut Memo,
     problems: &mut Vec<Problem>,
-) -> (Vec<ParsedIngress>, Vec<(ObjectKey, Option<String>)>) {
+) -> (Vec<Arc<ParsedIngress>>, Vec<(ObjectKey, Option<String>)>) {
     let classes = Classes::new(world, settings);
     let mut served = Vec::new();
     let mut ignored = Vec::new();
@@ -274,23 +275,29 @@ fn select(
             ignored.push((key.clone(), class.map(str::to_owned)));
             continue;
         }
-        let subject = ingress_subject(key);
+        let previous_good = previous.memo.good_ingresses.get(key);
+        if let Some((old, parsed)) = previous_good
+            && Arc::ptr_eq(old, ing)
+        {
+            memo.good_ingresses
+                .insert(key.clone(), (old.clone(), parsed.clone()));
+            served.push(parsed.clone());
+            continue;
+        }
         match ingress::parse(key, ing) {
             Ok(parsed) => {
-                memo.good_ingresses.insert(key.clone(), ing.clone());
+                let parsed = Arc::new(parsed);
+                memo.good_ingresses
+                    .insert(key.clone(), (ing.clone(), parsed.clone()));
                 served.push(parsed);
             }
             Err(rejected) => {
-                let last_good = previous
-                    .memo
-                    .good_ingresses
-                    .get(key)
-                    .and_then(|old| ingress::parse(key, old).ok().map(|p| (old, p)));
-                let tail = if last_good.is_some() {
+                let tail = if previous_good.is_some() {
                     "; the last good version stays in service"
                 } else {
                     "; it is not served"
                 };
+                let subject = ingress_subject(key);
                 problems.push(Problem::error(
                     subject.clone(),
                     "invalid_ingress",
@@ -299,11 +306,11 @@ fn select(
                 for note in rejected.notes {
                     problems.push(Problem::warning(subject.clone(), "ignored_setting", note));
                 }
-                if let Some((old, parsed)) = last_good {
-                    memo.good_ingresses.insert(key.clone(), old.clone());
-                    served.push(parsed);
+                if let Some((old, parsed)) = previous_good {
+                    memo.good_ingresses
+                        .insert(key.clone(), (old.clone(), parsed.clone()));
+                    served.push(parsed.clone());
                 }
-                continue;
             }
         }
     }
