@@ -129,7 +129,7 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
             source.refresh();
             control.apply(&Arc::new(source.world()));
             Mode::Files {
-                source,
+                source: Box::new(source),
                 state_dir,
                 debounce: config.manifests.debounce,
                 rescan_interval: config.manifests.rescan_interval,
@@ -227,7 +227,7 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
 /// Where objects come from, and where certificates go.
 enum Mode {
     Files {
-        source: FilesSource,
+        source: Box<FilesSource>,
         state_dir: PathBuf,
         debounce: Duration,
         rescan_interval: Duration,

@@ -155,14 +155,14 @@ impl<'a> Certs<'a> {
                 "; its hosts get the default certificate"
             };
             problems.push(Problem::error(subject(), e.metric_label(), format!("{e}{tail}")));
-        } else if let Ok(cert) = &memo.parsed {
-            if cert.not_after < self.now {
-                problems.push(Problem::warning(
-                    subject(),
-                    "certificate_expired",
-                    "the certificate has expired",
-                ));
-            }
+        } else if let Ok(cert) = &memo.parsed
+            && cert.not_after < self.now
+        {
+            problems.push(Problem::warning(
+                subject(),
+                "certificate_expired",
+                "the certificate has expired",
+            ));
         }
         memo
     }

@@ -257,6 +257,9 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
     }
 }
 
+/// An Ingress left to another controller, with the class it names.
+type Ignored = (ObjectKey, Option<String>);
+
 /// The Ingresses pylon serves, validated, oldest first. Invalid ones fall back to their last
 /// good version when there is one.
 fn select(
@@ -265,7 +268,7 @@ fn select(
     previous: &Snapshot,
     memo: &mut Memo,
     problems: &mut Vec<Problem>,
-) -> (Vec<Arc<ParsedIngress>>, Vec<(ObjectKey, Option<String>)>) {
+) -> (Vec<Arc<ParsedIngress>>, Vec<Ignored>) {
     let classes = Classes::new(world, settings);
     let mut served = Vec::new();
     let mut ignored = Vec::new();
