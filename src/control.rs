@@ -159,7 +159,10 @@ impl Control {
         // Freeing a large snapshot takes as long as building it; the next change need not wait.
         let _ = std::thread::Builder::new()
             .name("pylon-free".into())
-            .spawn(move || drop(previous));
+            .spawn(move || {
+                crate::server::yield_cpu_to_traffic();
+                drop(previous)
+            });
         translation.problems
     }
 

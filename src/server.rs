@@ -22,7 +22,7 @@ use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownS
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::access_log::AccessLog;
 use crate::acme::lock::FileLock;
@@ -306,9 +306,23 @@ struct ControlParts {
 /// event writers), on their own runtime.
 struct ControlTask(Mutex<Option<ControlParts>>);
 
+/// How much lower than the proxy's threads the configuration work runs (a nice value).
+/// Translating ten thousand Ingresses takes tens of milliseconds of CPU; on a busy core that
+/// must not delay requests. Linux applies it to the calling thread only.
+pub const CONTROL_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`CONTROL_NICE`].
+pub fn yield_cpu_to_traffic() {
+    if let Err(e) = rustix::process::setpriority_process(None, CONTROL_NICE) {
+        debug!(error = %e, "cannot lower the priority of the configuration thread");
+    }
+}
+
 #[async_trait]
 impl BackgroundService for ControlTask {
     async fn start(&self, shutdown: ShutdownWatch) {
+        // This service has its own single-threaded runtime: everything below runs on this thread.
+        yield_cpu_to_traffic();
         let parts = self.0.lock().ok().and_then(|mut p| p.take());
         let Some(ControlParts {
             mode,
