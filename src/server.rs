@@ -164,15 +164,12 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         .name("pylon proxy")
         .server_options(options_h)
         .build();
-    proxy_service.add_listener(
-        ListenerConfig::tcp(config.listen.http.to_string())
-            .l4_buffer(L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes)),
-    );
+    let read_buffer = L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes);
+    proxy_service.add_listener(ListenerConfig::tcp(config.listen.http.to_string()).l4_buffer(read_buffer));
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
-    let read_buffer = L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes);
     proxy_service.add_listener(
         ListenerConfig::tcp(config.listen.https.to_string())
             .tls(tls)
