@@ -1,13 +1,14 @@
 //! `pylon check`: read everything once, translate, and describe the result.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::problem::Problem;
 use crate::routing::PathKind;
 use crate::snapshot::Snapshot;
 use crate::source::files::FilesSource;
-use crate::translate::{Settings, translate};
+use crate::translate::{Memo, Settings, translate};
 
 #[derive(Debug)]
 pub struct Report {
@@ -41,12 +42,17 @@ pub fn check(config: &Config) -> Result<Report, Error> {
         &config.acme,
         crate::tls::self_signed(crate::server::DEFAULT_CERT_NAME)?,
     );
-    let translation = translate(&source.world(), &settings, &Snapshot::default());
+    let translation = translate(
+        &Arc::new(source.world()),
+        &settings,
+        &Snapshot::default(),
+        &mut Memo::default(),
+    );
     let mut text = String::new();
     describe(&translation.snapshot, &mut text);
     if !translation.requests.is_empty() {
         let _ = writeln!(text, "\n{:<40} {:<40} {:<28} STATE", "SECRET", "HOSTS", "ISSUER");
-        for r in &translation.requests {
+        for r in translation.requests.iter() {
             let state = match (&r.current.certificate, &r.current.state) {
                 (Some(c), s) if s.failures == 0 => format!("valid until {}", unix_time(c.not_after)),
                 (_, s) if s.failures > 0 => format!(
@@ -72,7 +78,7 @@ pub fn check(config: &Config) -> Result<Report, Error> {
             "\n{} Ingress(es) left to other controllers:",
             translation.ignored.len()
         );
-        for (key, class) in &translation.ignored {
+        for (key, class) in translation.ignored.iter() {
             let class = class
                 .as_deref()
                 .map_or("no class".to_owned(), |c| format!("class {c:?}"));

@@ -13,9 +13,8 @@ use crate::cluster::events::{CONFIGURE, EventRequest, Events, pascal_case};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Severity};
 use crate::snapshot::Published;
-use crate::source::{ObjectKey, World};
-use crate::translate::{Settings, translate};
-use foldhash::HashMap;
+use crate::source::World;
+use crate::translate::{Memo, Settings, translate};
 
 pub struct Control {
     settings: Settings,
@@ -28,8 +27,8 @@ pub struct Control {
     work: watch::Sender<Arc<Work>>,
     /// Events on the objects problems are about (cluster mode).
     events: Events,
-    /// The expiry of each certificate in service, as last exported.
-    certificates: HashMap<ObjectKey, i64>,
+    /// What translate remembers about the published snapshot.
+    memo: Memo,
 }
 
 impl Control {
@@ -42,7 +41,7 @@ impl Control {
             reported: BTreeSet::new(),
             work: watch::Sender::new(Arc::default()),
             events: Events::none(),
-            certificates: HashMap::default(),
+            memo: Memo::default(),
         }
     }
 
@@ -60,7 +59,7 @@ impl Control {
     pub fn apply(&mut self, world: &Arc<World>) -> Vec<Problem> {
         let started = std::time::Instant::now();
         let previous = self.published.load_full();
-        let translation = translate(world, &self.settings, &previous);
+        let translation = translate(world, &self.settings, &previous, &mut self.memo);
         let translated = started.elapsed();
         // Publish first: reporting below does not delay the change.
         let snapshot = Arc::new(translation.snapshot);
@@ -108,31 +107,16 @@ impl Control {
         self.reported = current;
 
         let m = &self.metrics;
-        let certificates: HashMap<ObjectKey, i64> = translation
-            .certificates
-            .iter()
-            .map(|c| (c.secret.clone(), c.not_after))
-            .collect();
-        for secret in self.certificates.keys() {
-            if !certificates.contains_key(secret) {
-                let _ = m
-                    .certificate_not_after
-                    .remove_label_values(&[&secret.namespace, &secret.name]);
+        for (secret, not_after) in &translation.certificate_updates {
+            let labels = [secret.namespace.as_str(), secret.name.as_str()];
+            match not_after {
+                Some(t) => m.certificate_not_after.with_label_values(&labels).set(*t as f64),
+                None => drop(m.certificate_not_after.remove_label_values(&labels)),
             }
         }
-        for (secret, not_after) in &certificates {
-            if self.certificates.get(secret) != Some(not_after) {
-                m.certificate_not_after
-                    .with_label_values(&[&secret.namespace, &secret.name])
-                    .set(*not_after as f64);
-            }
-        }
-        self.certificates = certificates;
-        let backends = snapshot.routes.backends();
         m.routes.set(snapshot.routes.len() as i64);
-        m.backends.set(backends.len() as i64);
-        m.endpoints
-            .set(backends.iter().map(|b| b.endpoints().len()).sum::<usize>() as i64);
+        m.backends.set(translation.backends as i64);
+        m.endpoints.set(translation.endpoints as i64);
         m.certificates.set(snapshot.certs.len() as i64);
         m.config_reloads.inc();
         m.config_last_reload.set(

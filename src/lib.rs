@@ -18,8 +18,9 @@
 //! - [`source`]: turns the outside world into a [`source::World`] of k8s-openapi objects.
 //!   [`source::files`] reads manifests from directories and watches them;
 //!   [`source::kubernetes`] runs one reflector per kind against the API server.
-//! - [`translate`]: the pure function from `World` to [`snapshot::Snapshot`]. It knows Ingress v1
-//!   semantics and parses annotations into typed values; bad objects become [`translate::Problem`]s.
+//! - [`translate`]: the pure function from `World` (and a memo of the last run) to
+//!   [`snapshot::Snapshot`]. It knows Ingress v1 semantics and parses annotations into typed
+//!   values; bad objects become [`translate::Problem`]s.
 //! - [`routing`]: the route table (host → path → backend) and pylon's own name types.
 //! - [`tls`]: PEM parsing, the certificate index and the rustls SNI resolver.
 //! - [`acme`]: certificates from cert-manager issuers (ACME HTTP-01, self-signed, CA): issuer
@@ -42,9 +43,10 @@
 //!    lookups.
 //! 2. One logical change is one swap: routes, the backends they reference and the certificates
 //!    are in one snapshot, published with one `store`.
-//! 3. Translate is pure: the same world, config and previous snapshot give the same result. A bad
-//!    object is rejected, logged and counted, never fatal; the last good version of an object
-//!    keeps serving.
+//! 3. Translate is pure: the same world, config, previous snapshot and memo give the same result,
+//!    and translating change by change gives what translating from scratch gives (a property
+//!    test checks it); a change costs work in proportion to the hosts it touches. A bad object is
+//!    rejected, logged and counted, never fatal; the last good version of an object keeps serving.
 //! 4. `/readyz` turns true only after the first snapshot is published, and false first on shutdown.
 //! 5. The certificate resolver does no I/O: certificates are parsed and key-checked before they are
 //!    published; a bad certificate leaves the previous one in place.

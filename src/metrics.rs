@@ -73,9 +73,9 @@ fn method_index(method: &http::Method) -> usize {
 /// Label values identifying a [`RequestCounters`]: namespace, Ingress, backend Service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterKey {
-    pub namespace: Box<str>,
-    pub ingress: Box<str>,
-    pub service: Box<str>,
+    pub namespace: Arc<str>,
+    pub ingress: Arc<str>,
+    pub service: Arc<str>,
 }
 
 /// All of pylon's metrics, registered in one registry owned by this struct.
@@ -345,18 +345,18 @@ impl Collector for RouteCounters {
         let bytes_out = IntCounterVec::new(Opts::new(RESPONSE_BYTES, &self.descs[2].help), &ROUTE_LABELS)
             .expect("valid metric");
         let snapshot = self.published.load();
-        let unrouted_key = CounterKey {
-            namespace: "".into(),
-            ingress: "".into(),
-            service: "".into(),
-        };
+        // Routes of one Ingress and Service share their counters: each is rendered once.
+        let mut seen = std::collections::HashSet::new();
         let rows = snapshot
-            .counters
-            .iter()
-            .map(|(k, c)| (k, &**c))
-            .chain(std::iter::once((&unrouted_key, &*self.unrouted)));
-        for (key, counters) in rows {
-            let route = [&*key.namespace, &*key.ingress, &*key.service];
+            .routes
+            .routes()
+            .filter(|r| seen.insert(Arc::as_ptr(&r.counters)))
+            .map(|r| {
+                let labels = [&*r.ingress.namespace, &*r.ingress.name, &*r.backend.id.service];
+                (labels, &*r.counters)
+            })
+            .chain(std::iter::once((["", "", ""], &*self.unrouted)));
+        for (route, counters) in rows {
             counters.each_nonzero(|method, class, n| {
                 requests
                     .with_label_values(&[route[0], route[1], route[2], method, class])

@@ -1,15 +1,12 @@
 //! The snapshot: everything the request path and the TLS resolver read, published as one value.
 
-use foldhash::HashMap;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
 use crate::acme::challenge::ChallengeIndex;
-use crate::metrics::{CounterKey, RequestCounters};
 use crate::routing::RouteTable;
 use crate::tls::CertIndex;
-use crate::translate::Memo;
 
 /// Immutable after construction; replaced as a whole.
 #[derive(Debug, Default)]
@@ -19,11 +16,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub certs: CertIndex,
     /// Hosts whose ACME HTTP-01 challenges this replica answers.
-    pub challenges: ChallengeIndex,
-    /// Per-route request counters, carried from one snapshot to the next.
-    pub counters: HashMap<CounterKey, Arc<RequestCounters>>,
-    /// What translate remembers for the next run: last good objects, parsed certificates.
-    pub memo: Memo,
+    pub challenges: Arc<ChallengeIndex>,
 }
 
 /// The shared, atomically replaced current snapshot.

@@ -41,9 +41,9 @@ use crate::tls::Certificate;
 #[derive(Debug, Default)]
 pub struct Work {
     pub generation: u64,
-    pub requests: Vec<CertificateRequest>,
+    pub requests: Arc<Vec<CertificateRequest>>,
     /// The Ingresses pylon serves.
-    pub served: Vec<ObjectKey>,
+    pub served: Arc<std::collections::BTreeSet<ObjectKey>>,
     /// The objects the translation was made from.
     pub world: Arc<crate::source::World>,
 }
@@ -182,7 +182,7 @@ impl Manager {
         let mut next = Timestamp::now() + SignedDuration::try_from(MAX_SLEEP).unwrap_or_default();
         let live: HashSet<&ObjectKey> = work.requests.iter().map(|r| &r.secret).collect();
         self.written.retain(|k, _| live.contains(k));
-        for req in &work.requests {
+        for req in work.requests.iter() {
             if !self.leadership.is_leader() {
                 break;
             }
@@ -1225,7 +1225,7 @@ mod tests {
         });
         req.current = Current::default();
         let work = Work {
-            requests: vec![req],
+            requests: Arc::new(vec![req]),
             ..Work::default()
         };
         m.pass(&work).await;

@@ -59,6 +59,12 @@ impl Hostname {
     pub fn parent(&self) -> Option<&str> {
         parent(&self.0)
     }
+
+    /// The wildcard pattern a certificate for this name could come from: `*.example.com` for
+    /// `app.example.com`.
+    pub fn covering_wildcard(&self) -> Option<HostPattern> {
+        self.parent().map(|p| HostPattern::Wildcard(Self(p.into())))
+    }
 }
 
 impl fmt::Display for Hostname {

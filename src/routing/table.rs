@@ -7,12 +7,12 @@ use foldhash::fast::RandomState;
 
 use super::host::{HostPattern, parent};
 use super::path::{PathKind, PathMatch, prefix_candidates};
-use super::{Backend, Route};
+use super::Route;
 
-type Map<V> = HashMap<Box<str>, V, RandomState>;
+type Map<V> = HashMap<Arc<str>, V, RandomState>;
 
 /// The routes of one host: exact paths and prefixes, each a hash map.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct HostRoutes {
     exact: Map<Arc<Route>>,
     prefix: Map<Arc<Route>>,
@@ -34,7 +34,8 @@ impl HostRoutes {
             .find_map(|candidate| self.prefix.get(candidate))
     }
 
-    fn insert(&mut self, path: &PathMatch, route: Arc<Route>) -> Result<(), Arc<Route>> {
+    /// Adds a route, or returns the route already holding this path.
+    pub fn insert(&mut self, path: &PathMatch, route: Arc<Route>) -> Result<(), Arc<Route>> {
         let map = match path.kind() {
             PathKind::Exact => &mut self.exact,
             PathKind::Prefix => &mut self.prefix,
@@ -49,8 +50,12 @@ impl HostRoutes {
         Ok(())
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.exact.len() + self.prefix.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn entries(&self) -> impl Iterator<Item = (PathKind, &str, &Arc<Route>)> {
@@ -60,13 +65,16 @@ impl HostRoutes {
     }
 }
 
-/// Immutable once built; lookups are hash probes only.
-#[derive(Debug, Default)]
+/// Immutable once published; lookups are hash probes only. Hosts are shared between tables, so
+/// the next table is a cheap clone of the last one with the changed hosts replaced.
+#[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    exact: Map<HostRoutes>,
-    wildcard: Map<HostRoutes>,
-    any: Option<HostRoutes>,
+    exact: Map<Arc<HostRoutes>>,
+    wildcard: Map<Arc<HostRoutes>>,
+    any: Option<Arc<HostRoutes>>,
     default: Option<Arc<Route>>,
+    /// Number of (host, path) routes.
+    routes: usize,
 }
 
 /// One row of [`RouteTable::entries`], for `pylon check` and tests.
@@ -99,14 +107,24 @@ impl RouteTable {
 
     /// Number of (host, path) routes, plus one for a default backend.
     pub fn len(&self) -> usize {
-        let hosts: usize = self
-            .exact
-            .values()
-            .chain(self.wildcard.values())
-            .chain(self.any.iter())
-            .map(HostRoutes::len)
-            .sum();
-        hosts + usize::from(self.default.is_some())
+        self.routes + usize::from(self.default.is_some())
+    }
+
+    /// Replaces the routes of `host` (none: the host is no longer served).
+    pub fn set_host(&mut self, host: &HostPattern, routes: Option<HostRoutes>) {
+        let routes = routes.filter(|r| !r.is_empty()).map(Arc::new);
+        self.routes += routes.as_ref().map_or(0, |r| r.len());
+        let old = match host {
+            HostPattern::Exact(h) => set(&mut self.exact, h.as_str(), routes),
+            HostPattern::Wildcard(p) => set(&mut self.wildcard, p.as_str(), routes),
+            HostPattern::Any => std::mem::replace(&mut self.any, routes),
+        };
+        self.routes -= old.map_or(0, |r| r.len());
+    }
+
+    /// Replaces the default backend.
+    pub fn set_default(&mut self, route: Option<Arc<Route>>) {
+        self.default = route;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -119,9 +137,9 @@ impl RouteTable {
         let hosts = self
             .exact
             .iter()
-            .map(|(h, r)| (h.to_string(), r))
-            .chain(self.wildcard.iter().map(|(h, r)| (format!("*.{h}"), r)))
-            .chain(self.any.iter().map(|r| ("*".to_owned(), r)));
+            .map(|(h, r)| (h.to_string(), &**r))
+            .chain(self.wildcard.iter().map(|(h, r)| (format!("*.{h}"), &**r)))
+            .chain(self.any.iter().map(|r| ("*".to_owned(), &**r)));
         for (host, routes) in hosts {
             for (kind, path, route) in routes.entries() {
                 rows.push(Entry {
@@ -136,20 +154,16 @@ impl RouteTable {
         rows
     }
 
-    /// Every distinct backend referenced by a route.
-    pub fn backends(&self) -> Vec<&Arc<Backend>> {
-        let mut seen: Vec<&Arc<Backend>> = self
-            .exact
+    /// Every route, in no particular order; the default backend last.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact
             .values()
             .chain(self.wildcard.values())
             .chain(self.any.iter())
-            .flat_map(|routes| routes.entries().map(|(_, _, route)| &route.backend))
-            .chain(self.default.iter().map(|r| &r.backend))
-            .collect();
-        seen.sort_by_key(|b| Arc::as_ptr(b));
-        seen.dedup_by_key(|b| Arc::as_ptr(b));
-        seen
+            .flat_map(|routes| routes.entries().map(|(_, _, route)| route))
+            .chain(self.default.iter())
     }
+
 }
 
 /// Builds a [`RouteTable`]; the first route added for a (host, path) wins.
@@ -164,9 +178,11 @@ impl RouteTableBuilder {
         let routes = match host {
             HostPattern::Exact(h) => self.table.exact.entry(h.as_str().into()).or_default(),
             HostPattern::Wildcard(p) => self.table.wildcard.entry(p.as_str().into()).or_default(),
-            HostPattern::Any => self.table.any.get_or_insert_with(HostRoutes::default),
+            HostPattern::Any => self.table.any.get_or_insert_with(Arc::default),
         };
-        routes.insert(path, route)
+        Arc::make_mut(routes).insert(path, route)?;
+        self.table.routes += 1;
+        Ok(())
     }
 
     /// Sets the default backend, or returns the one already set.
@@ -182,5 +198,16 @@ impl RouteTableBuilder {
 
     pub fn build(self) -> RouteTable {
         self.table
+    }
+}
+
+/// Replaces (or removes) `key` in `map`; returns what was there.
+fn set<V>(map: &mut Map<V>, key: &str, value: Option<V>) -> Option<V> {
+    match value {
+        Some(v) => match map.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, v)),
+            None => map.insert(key.into(), v),
+        },
+        None => map.remove(key),
     }
 }

@@ -9,7 +9,7 @@ use rustls::sign::CertifiedKey;
 use crate::routing::HostPattern;
 use crate::routing::host::parent;
 
-type Map = HashMap<Box<str>, Arc<CertifiedKey>, RandomState>;
+type Map = HashMap<Arc<str>, Arc<CertifiedKey>, RandomState>;
 
 /// How a server name was matched; also the label of the ClientHello counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +29,8 @@ impl Matched {
     }
 }
 
-#[derive(Debug, Default)]
+/// Like the route table, shared names make the next index a cheap clone of the last one.
+#[derive(Clone, Debug, Default)]
 pub struct CertIndex {
     exact: Map,
     wildcard: Map,
@@ -58,6 +59,27 @@ impl CertIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Replaces the certificate of `name` (none: the name has no certificate of its own).
+    /// Host-less patterns are ignored.
+    pub fn set(&mut self, name: &HostPattern, key: Option<Arc<CertifiedKey>>) {
+        let (map, name) = match name {
+            HostPattern::Exact(h) => (&mut self.exact, h.as_str()),
+            HostPattern::Wildcard(p) => (&mut self.wildcard, p.as_str()),
+            HostPattern::Any => return,
+        };
+        match key {
+            Some(key) => match map.get_mut(name) {
+                Some(slot) => *slot = key,
+                None => drop(map.insert(name.into(), key)),
+            },
+            None => drop(map.remove(name)),
+        }
+    }
+
+    pub fn set_default(&mut self, key: Arc<CertifiedKey>) {
+        self.default = Some(key);
     }
 
     /// Whether a request host has a certificate of its own (exact or wildcard).

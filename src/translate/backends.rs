@@ -1,6 +1,7 @@
 //! Resolving an Ingress backend (Service + port) to ready endpoints via EndpointSlices.
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -16,81 +17,127 @@ use crate::source::{ObjectKey, World};
 /// The label EndpointSlices carry to name their Service.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-pub(super) struct Backends<'w> {
-    world: &'w World,
-    slices: HashMap<(&'w str, &'w str), Vec<&'w EndpointSlice>>,
-    resolved: HashMap<BackendId, Arc<Backend>>,
-    reported: HashSet<(ObjectKey, BackendId)>,
+/// Backends resolved so far, by Service; kept between runs and dropped when their Service or
+/// its EndpointSlices change.
+#[derive(Debug, Default)]
+pub(super) struct Backends {
+    /// EndpointSlices by the Service they belong to.
+    slices: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// One backend per Service port in use, by namespace and Service name.
+    resolved: HashMap<String, HashMap<String, Vec<Arc<Backend>>>>,
+    /// How many routes of served Ingresses use each Service port.
+    uses: HashMap<ObjectKey, Vec<(PortRef, usize)>>,
 }
 
-impl<'w> Backends<'w> {
-    pub(super) fn new(world: &'w World) -> Self {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::default();
-        for (key, slice) in &world.endpoint_slices {
-            let service = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL));
-            if let Some(service) = service {
-                slices
-                    .entry((key.namespace.as_str(), service.as_str()))
-                    .or_default()
-                    .push(slice);
+impl Backends {
+    /// Records a changed EndpointSlice; returns the Services whose endpoints it affects.
+    pub(super) fn slice_changed(
+        &mut self,
+        key: &ObjectKey,
+        old: Option<&EndpointSlice>,
+        new: Option<&EndpointSlice>,
+    ) -> Vec<ObjectKey> {
+        let owner = |slice: &EndpointSlice| {
+            let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+            Some(ObjectKey::new(key.namespace.clone(), service.clone()))
+        };
+        let mut services = Vec::new();
+        if let Some(service) = old.and_then(owner) {
+            if let Some(set) = self.slices.get_mut(&service) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices.remove(&service);
+                }
             }
+            services.push(service);
         }
-        Self {
-            world,
-            slices,
-            resolved: HashMap::default(),
-            reported: HashSet::default(),
+        if let Some(service) = new.and_then(owner) {
+            self.slices
+                .entry(service.clone())
+                .or_default()
+                .insert(key.clone());
+            services.push(service);
+        }
+        services
+    }
+
+    /// Drops what was resolved for `service`: it changed.
+    pub(super) fn forget(&mut self, service: &ObjectKey) {
+        if let Some(names) = self.resolved.get_mut(&service.namespace) {
+            names.remove(&service.name);
         }
     }
 
-    /// The backend for `service` in the namespace of `ingress`, shared by every route using it.
-    pub(super) fn resolve(
-        &mut self,
-        ingress: &ObjectKey,
-        service: &ServiceRef,
-        problems: &mut Vec<Problem>,
-    ) -> Arc<Backend> {
+    /// Counts a use of a Service port.
+    pub(super) fn hold(&mut self, service: ObjectKey, port: &PortRef) {
+        let uses = self.uses.entry(service).or_default();
+        match uses.iter_mut().find(|(p, _)| p == port) {
+            Some((_, n)) => *n += 1,
+            None => uses.push((port.clone(), 1)),
+        }
+    }
+
+    /// Counts a use less; the backend of a port nobody uses is dropped.
+    pub(super) fn release(&mut self, service: &ObjectKey, port: &PortRef) {
+        let Some(uses) = self.uses.get_mut(service) else {
+            return;
+        };
+        if let Some(i) = uses.iter().position(|(p, _)| p == port) {
+            uses[i].1 -= 1;
+            if uses[i].1 == 0 {
+                uses.swap_remove(i);
+                if let Some(resolved) = self
+                    .resolved
+                    .get_mut(&service.namespace)
+                    .and_then(|names| names.get_mut(&service.name))
+                {
+                    resolved.retain(|b| b.id.port != *port);
+                }
+            }
+        }
+        if uses.is_empty() {
+            self.uses.remove(service);
+            self.forget(service);
+        }
+    }
+
+    /// The backend for `service` in `namespace`, shared by every route using it.
+    pub(super) fn resolve(&mut self, world: &World, namespace: &str, service: &ServiceRef) -> Arc<Backend> {
+        if let Some(found) = self
+            .resolved
+            .get(namespace)
+            .and_then(|names| names.get(&service.name))
+            .and_then(|ports| ports.iter().find(|b| b.id.port == service.port))
+        {
+            return found.clone();
+        }
         let id = BackendId {
-            namespace: ingress.namespace.as_str().into(),
+            namespace: namespace.into(),
             service: service.name.as_str().into(),
             port: service.port.clone(),
         };
-        let backend = match self.resolved.get(&id) {
-            Some(b) => b.clone(),
-            None => {
-                let b = Arc::new(self.build(id.clone()));
-                self.resolved.insert(id.clone(), b.clone());
-                b
-            }
-        };
-        if let Some(why) = backend.why_unavailable()
-            && self.reported.insert((ingress.clone(), id.clone()))
-        {
-            let (reason, what) = match why {
-                Unavailable::ServiceMissing => ("service_missing", "Service not found"),
-                Unavailable::PortMissing => ("service_port_missing", "the Service has no such port"),
-                Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
-                Unavailable::ExternalNameUnsupported => (
-                    "external_name_unsupported",
-                    "ExternalName Services are supported with an IP address only, not a DNS name yet",
-                ),
-            };
-            problems.push(Problem::warning(
-                Subject::object("Ingress", &ingress.namespace, &ingress.name),
-                reason,
-                format!("backend {id}: {what}; requests get 503"),
-            ));
-        }
+        let key = ObjectKey::new(namespace, service.name.as_str());
+        let backend = Arc::new(self.build(world, &key, id));
+        self.resolved
+            .entry(key.namespace)
+            .or_default()
+            .entry(key.name)
+            .or_default()
+            .push(backend.clone());
         backend
     }
 
-    fn build(&self, id: BackendId) -> Backend {
-        let key = ObjectKey::new(&*id.namespace, &*id.service);
-        let Some(service) = self.world.services.get(&key) else {
+    /// The number of backends in use and of their endpoints.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        self.resolved
+            .values()
+            .flat_map(HashMap::values)
+            .flatten()
+            .fold((0, 0), |(b, e), backend| (b + 1, e + backend.endpoints().len()))
+    }
+
+    fn build(&self, world: &World, key: &ObjectKey, id: BackendId) -> Backend {
+        let Some(service) = world.services.get(key) else {
             return Backend::unavailable(id, Unavailable::ServiceMissing);
         };
         let spec = service.spec.as_ref();
@@ -105,9 +152,10 @@ impl<'w> Backends<'w> {
         let mut endpoints = Vec::new();
         let slices = self
             .slices
-            .get(&(&*id.namespace, &*id.service))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| world.endpoint_slices.get(k));
         for slice in slices {
             if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
                 continue;
@@ -135,6 +183,24 @@ impl<'w> Backends<'w> {
         }
         Backend::new(id, endpoints)
     }
+}
+
+/// The problem of an Ingress whose backend cannot serve, if it cannot.
+pub(super) fn unavailable_problem(ingress: &ObjectKey, backend: &Backend) -> Option<Problem> {
+    let (reason, what) = match backend.why_unavailable()? {
+        Unavailable::ServiceMissing => ("service_missing", "Service not found"),
+        Unavailable::PortMissing => ("service_port_missing", "the Service has no such port"),
+        Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
+        Unavailable::ExternalNameUnsupported => (
+            "external_name_unsupported",
+            "ExternalName Services are supported with an IP address only, not a DNS name yet",
+        ),
+    };
+    Some(Problem::warning(
+        Subject::object("Ingress", &ingress.namespace, &ingress.name),
+        reason,
+        format!("backend {}: {what}; requests get 503", backend.id),
+    ))
 }
 
 /// An ExternalName Service whose name is an IP address: that address, on the Service port's

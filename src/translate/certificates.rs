@@ -29,11 +29,12 @@ pub(super) struct Wanted {
 
 type Usable = Result<(Arc<IssuerConfig>, Arc<IssuerMaterial>), String>;
 
+/// `issuing`: the served Ingresses that name an issuer or fall to the default one, oldest first.
 pub(super) fn certificates(
-    served: &[Arc<ParsedIngress>],
+    issuing: &[&ParsedIngress],
     world: &World,
     settings: &Settings,
-    certs: &mut Certs<'_>,
+    certs: &mut Certs,
     problems: &mut Vec<Problem>,
 ) -> Wanted {
     let mut issuers: HashMap<IssuerRef, Usable> = HashMap::default();
@@ -54,7 +55,7 @@ pub(super) fn certificates(
         challenges: ChallengeIndex::default(),
     };
     let mut taken: BTreeMap<ObjectKey, ObjectKey> = BTreeMap::new();
-    for ing in served {
+    for ing in issuing {
         let subject = Subject::object("Ingress", &ing.key.namespace, &ing.key.name);
         let cert = &ing.annotations.certificate;
         let choice = match &cert.issuer {
@@ -152,7 +153,7 @@ pub(super) fn certificates(
             let current = match existing {
                 Some(s) => Current {
                     exists: true,
-                    certificate: certs.managed(&secret),
+                    certificate: certs.managed(world, &secret),
                     state: OrderState::from_annotations(s.metadata.annotations.as_ref()),
                     pending_key: pending_key(s),
                     secret: Some(s.clone()),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use super::CertificateInUse;
 use crate::problem::{Problem, Subject};
 use crate::source::{ObjectKey, World};
 use crate::tls::{self, Certificate};
@@ -21,162 +20,129 @@ pub(super) struct CertMemo {
     fingerprint: u64,
     /// The outcome of parsing that content.
     parsed: Result<Arc<Certificate>, tls::Error>,
-    /// The last certificate that parsed, kept in service while the Secret is broken.
-    last_good: Option<Arc<Certificate>>,
+    /// The last certificate that parsed, kept in service while the Secret is broken, with the
+    /// fingerprint of its content.
+    last_good: Option<(u64, Arc<Certificate>)>,
+    /// A Secret pylon created before its first certificate holds only order state.
+    awaiting_issue: bool,
 }
 
 impl CertMemo {
     /// The certificate to serve: the parsed one, else the last good one.
-    fn current(&self) -> Option<&Arc<Certificate>> {
-        self.parsed.as_ref().ok().or(self.last_good.as_ref())
-    }
-}
-
-pub(super) struct Certs<'a> {
-    world: &'a World,
-    previous: &'a HashMap<ObjectKey, Arc<CertMemo>>,
-    next: HashMap<ObjectKey, Arc<CertMemo>>,
-    in_use: Vec<CertificateInUse>,
-    /// Unix time of this translation, for expiry checks.
-    now: i64,
-}
-
-impl<'a> Certs<'a> {
-    pub(super) fn new(world: &'a World, previous: &'a HashMap<ObjectKey, Arc<CertMemo>>) -> Self {
-        Self {
-            world,
-            previous,
-            next: HashMap::default(),
-            in_use: Vec::new(),
-            now: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        }
+    pub(super) fn current(&self) -> Option<&Arc<Certificate>> {
+        self.parsed
+            .as_ref()
+            .ok()
+            .or(self.last_good.as_ref().map(|(_, c)| c))
     }
 
-    /// The certificate of `secret`, referenced by `ingress`'s TLS section. Problems with the
-    /// Secret are reported once, on the Secret; a missing Secret is reported on the Ingress.
-    /// A missing Secret is reported unless `report_missing` is false (pylon is about to issue it).
-    pub(super) fn load(
-        &mut self,
-        secret: &ObjectKey,
-        ingress: &ObjectKey,
-        report_missing: bool,
-        problems: &mut Vec<Problem>,
-    ) -> Option<Arc<Certificate>> {
-        let Some(object) = self.world.secrets.get(secret) else {
-            if report_missing {
-                problems.push(Problem::warning(
-                    Subject::object("Ingress", &ingress.namespace, &ingress.name),
-                    "tls_secret_missing",
-                    format!(
-                        "TLS Secret {} not found; its hosts get the default certificate",
-                        secret.name
-                    ),
-                ));
-            }
-            return None;
-        };
-        self.certificate(secret, object, problems)
-    }
-
-    /// The configured default certificate.
-    pub(super) fn load_default(
-        &mut self,
-        secret: &ObjectKey,
-        problems: &mut Vec<Problem>,
-    ) -> Option<Arc<Certificate>> {
-        let Some(object) = self.world.secrets.get(secret) else {
-            problems.push(Problem::error(
-                Subject::object("Secret", &secret.namespace, &secret.name),
-                "tls_secret_missing",
-                "configured as the default certificate but not found; a self-signed certificate is served",
-            ));
-            return None;
-        };
-        self.certificate(secret, object, problems)
-    }
-
-    fn certificate(
-        &mut self,
-        key: &ObjectKey,
-        secret: &Arc<Secret>,
-        problems: &mut Vec<Problem>,
-    ) -> Option<Arc<Certificate>> {
-        if let Some(memo) = self.next.get(key) {
-            return memo.current().cloned();
-        }
-        let memo = self.parse(key, secret, problems);
-        let current = memo.current().cloned();
-        if let Some(cert) = &current {
-            self.in_use.push(CertificateInUse {
-                secret: key.clone(),
-                not_after: cert.not_after,
-            });
-        }
-        self.next.insert(key.clone(), memo);
-        current
-    }
-
-    fn parse(&self, key: &ObjectKey, secret: &Arc<Secret>, problems: &mut Vec<Problem>) -> Arc<CertMemo> {
-        let (crt, tls_key) = pem_pair(secret);
-        let previous = self.previous.get(key);
-        let memo = match previous {
-            Some(p) if Arc::ptr_eq(&p.source, secret) => p.clone(),
-            Some(p) if p.fingerprint == fingerprint(crt, tls_key) => Arc::new(CertMemo {
-                source: secret.clone(),
-                ..CertMemo::clone(p)
-            }),
-            _ => {
-                let parsed = match (crt, tls_key) {
-                    (Some(c), Some(k)) => Certificate::from_pem(c, k).map(Arc::new),
-                    (None, _) => Err(tls::Error::NoCertificate),
-                    (_, None) => Err(tls::Error::NoKey),
-                };
-                let last_good = match &parsed {
-                    Ok(cert) => Some(cert.clone()),
-                    Err(_) => previous.and_then(|p| p.last_good.clone()),
-                };
-                Arc::new(CertMemo {
-                    source: secret.clone(),
-                    fingerprint: fingerprint(crt, tls_key),
-                    parsed,
-                    last_good,
-                })
-            }
-        };
+    /// What is wrong with the Secret (at Unix time `now`).
+    fn problems(&self, key: &ObjectKey, now: i64, out: &mut Vec<Problem>) {
         let subject = || Subject::object("Secret", &key.namespace, &key.name);
-        // A Secret pylon created before its first certificate holds only order state.
-        let awaiting_issue = crt.is_none() && crate::acme::state::managed_by_pylon(secret);
-        if let (Err(e), false) = (&memo.parsed, awaiting_issue) {
-            let tail = if memo.last_good.is_some() {
-                "; the previous certificate stays in service"
-            } else {
-                "; its hosts get the default certificate"
-            };
-            problems.push(Problem::error(subject(), e.metric_label(), format!("{e}{tail}")));
-        } else if let Ok(cert) = &memo.parsed
-            && cert.not_after < self.now
-        {
-            problems.push(Problem::warning(
+        match &self.parsed {
+            Err(_) if self.awaiting_issue => {}
+            Err(e) => {
+                let tail = if self.last_good.is_some() {
+                    "; the previous certificate stays in service"
+                } else {
+                    "; its hosts get the default certificate"
+                };
+                out.push(Problem::error(subject(), e.metric_label(), format!("{e}{tail}")));
+            }
+            Ok(cert) if cert.not_after < now => out.push(Problem::warning(
                 subject(),
                 "certificate_expired",
                 "the certificate has expired",
-            ));
+            )),
+            Ok(_) => {}
         }
-        memo
+    }
+}
+
+/// The certificates of the Secrets in use, parsed once per content.
+#[derive(Debug, Default)]
+pub(super) struct Certs {
+    by_secret: HashMap<ObjectKey, CertMemo>,
+}
+
+impl Certs {
+    /// What `key` holds now, parsed again only if the Secret changed; `None` if it does not
+    /// exist.
+    pub(super) fn get(&mut self, world: &World, key: &ObjectKey) -> Option<&CertMemo> {
+        let Some(secret) = world.secrets.get(key) else {
+            self.by_secret.remove(key);
+            return None;
+        };
+        let fresh = self
+            .by_secret
+            .get(key)
+            .is_some_and(|m| Arc::ptr_eq(&m.source, secret));
+        if !fresh {
+            let memo = parse(secret, self.by_secret.get(key));
+            self.by_secret.insert(key.clone(), memo);
+        }
+        self.by_secret.get(key)
+    }
+
+    /// The certificate to serve from `key`, if any.
+    pub(super) fn current(&mut self, world: &World, key: &ObjectKey) -> Option<Arc<Certificate>> {
+        self.get(world, key)?.current().cloned()
     }
 
     /// The certificate of a Secret pylon manages, if it holds a valid one.
-    pub(super) fn managed(&mut self, key: &ObjectKey) -> Option<Arc<Certificate>> {
-        let mut ignored = Vec::new();
-        let secret = self.world.secrets.get(key)?;
-        self.certificate(key, secret, &mut ignored);
-        self.next.get(key)?.parsed.as_ref().ok().cloned()
+    pub(super) fn managed(&mut self, world: &World, key: &ObjectKey) -> Option<Arc<Certificate>> {
+        self.get(world, key)?.parsed.as_ref().ok().cloned()
     }
 
-    pub(super) fn finish(self) -> (HashMap<ObjectKey, Arc<CertMemo>>, Vec<CertificateInUse>) {
-        (self.next, self.in_use)
+    /// The expiry of the certificate served from `key`, as last loaded.
+    pub(super) fn not_after(&self, key: &ObjectKey) -> Option<i64> {
+        self.by_secret.get(key)?.current().map(|c| c.not_after)
+    }
+
+    /// Drops a Secret no longer in use.
+    pub(super) fn forget(&mut self, key: &ObjectKey) {
+        self.by_secret.remove(key);
+    }
+
+    /// The problems of every Secret in use.
+    pub(super) fn problems(&self, now: i64, out: &mut Vec<Problem>) {
+        for (key, memo) in &self.by_secret {
+            memo.problems(key, now, out);
+        }
+    }
+}
+
+fn parse(secret: &Arc<Secret>, previous: Option<&CertMemo>) -> CertMemo {
+    let (crt, tls_key) = pem_pair(secret);
+    let fingerprint = fingerprint(crt, tls_key);
+    let awaiting_issue = crt.is_none() && crate::acme::state::managed_by_pylon(secret);
+    if let Some(p) = previous
+        && p.fingerprint == fingerprint
+    {
+        return CertMemo {
+            source: secret.clone(),
+            awaiting_issue,
+            ..p.clone()
+        };
+    }
+    let last_good = previous.and_then(|p| p.last_good.clone());
+    let parsed = match (crt, tls_key, &last_good) {
+        // The last good content back (a broken edit undone): the same certificate object.
+        (_, _, Some((f, cert))) if *f == fingerprint => Ok(cert.clone()),
+        (Some(c), Some(k), _) => Certificate::from_pem(c, k).map(Arc::new),
+        (None, _, _) => Err(tls::Error::NoCertificate),
+        (_, None, _) => Err(tls::Error::NoKey),
+    };
+    let last_good = match &parsed {
+        Ok(cert) => Some((fingerprint, cert.clone())),
+        Err(_) => last_good,
+    };
+    CertMemo {
+        source: secret.clone(),
+        fingerprint,
+        parsed,
+        last_good,
+        awaiting_issue,
     }
 }
 

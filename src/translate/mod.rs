@@ -2,7 +2,8 @@
 //!
 //! It knows Kubernetes Ingress v1 semantics (classes, hosts, paths, backends, TLS) and parses
 //! annotations into typed values. A bad object is reported and left out — or, if an earlier
-//! version of it was good, that version keeps serving. Nothing here does I/O.
+//! version of it was good, that version keeps serving. Nothing here does I/O. A change costs
+//! work in proportion to the hosts it touches: the rest of the snapshot is shared.
 
 pub mod annotations;
 mod backends;
@@ -10,24 +11,26 @@ mod certificates;
 mod certs;
 pub mod ingress;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::jiff::Timestamp;
 
-use self::backends::Backends;
-use self::certs::{CertMemo, Certs};
+use self::backends::{Backends, unavailable_problem};
+use self::certs::Certs;
 use self::ingress::{ParsedIngress, ServiceRef};
+use crate::acme::challenge::ChallengeIndex;
 use crate::acme::issuer::IssuerKind;
 use crate::acme::request::CertificateRequest;
 use crate::config::{AcmeConfig, IngressConfig};
 use crate::metrics::{CounterKey, RequestCounters};
 use crate::problem::{Problem, Subject};
-use crate::routing::{HostPattern, IngressRef, Policy, Route, RouteTableBuilder};
+use crate::routing::{HostPattern, HostRoutes, IngressRef, Policy, Route, RouteTable};
 use crate::snapshot::Snapshot;
 use crate::source::{ObjectKey, World};
-use crate::tls::{CertIndexBuilder, Certificate};
+use crate::tls::{CertIndex, Certificate};
 
 /// The legacy annotation naming an Ingress's class.
 pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
@@ -66,122 +69,445 @@ impl Settings {
     }
 }
 
-/// What translate remembers between runs. It lives in the snapshot so that translate stays a
-/// function of its inputs.
+/// An Ingress's place in conflicts: oldest first, then namespace/name.
+type Age = (Timestamp, ObjectKey);
+
+/// An Ingress left to another controller, with the class it names.
+pub type Ignored = (ObjectKey, Option<String>);
+
+/// What translate remembers between runs, so that a change costs work in proportion to what it
+/// touches, not to the number of objects. It describes one snapshot: passed with any other
+/// snapshot, it is discarded and the next snapshot is built from scratch.
 #[derive(Debug, Default)]
 pub struct Memo {
-    /// The last version of each served Ingress that passed validation, parsed. An Ingress the
-    /// source hands over unchanged (the same `Arc`) is not parsed again.
-    good_ingresses: HashMap<ObjectKey, (Arc<Ingress>, Arc<ParsedIngress>)>,
-    /// Parsed certificates by Secret.
-    certs: HashMap<ObjectKey, Arc<CertMemo>>,
+    /// The generation of the snapshot this memo describes.
+    generation: u64,
+    /// The objects that snapshot was made from; the next world is compared with them.
+    world: Option<Arc<World>>,
+    ingresses: HashMap<ObjectKey, IngressMemo>,
+    /// Every host named by a served Ingress (rules and TLS entries).
+    hosts: HashMap<HostPattern, HostMemo>,
+    /// Served Ingresses with a default backend.
+    defaulting: BTreeSet<Age>,
+    default_problems: Vec<Problem>,
+    backends: Backends,
+    /// Which served Ingresses use a Service, and a TLS Secret.
+    service_users: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    secret_users: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    certs: Certs,
+    /// The expiry of each certificate in service, as last reported.
+    in_use: HashMap<ObjectKey, i64>,
+    /// Served Ingresses that ask for certificates.
+    issuing: BTreeSet<Age>,
+    acme: AcmeMemo,
+    served: Arc<BTreeSet<ObjectKey>>,
+    ignored: Arc<Vec<Ignored>>,
+    /// Request counters by Ingress and Service: a route built again keeps counting where the
+    /// last one stopped.
+    counters: HashMap<CounterKey, Arc<RequestCounters>>,
 }
 
-/// A certificate in service, for metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateInUse {
-    pub secret: ObjectKey,
-    pub not_after: i64,
+#[derive(Debug)]
+struct IngressMemo {
+    source: Arc<Ingress>,
+    /// The version in service: this one, or the last good one while this one is invalid.
+    serving: Option<Arc<ParsedIngress>>,
+    origin: Option<Arc<IngressRef>>,
+    /// Left to another controller, with the class it names.
+    ignored: Option<Option<String>>,
+    /// Problems of the object itself.
+    own_problems: Vec<Problem>,
+    /// Problems of what it refers to (backends, TLS Secrets), as of its last evaluation.
+    ref_problems: Vec<Problem>,
+}
+
+#[derive(Debug, Default)]
+struct HostMemo {
+    /// The served Ingresses naming this host, oldest first.
+    contributors: BTreeSet<Age>,
+    problems: Vec<Problem>,
+}
+
+#[derive(Debug, Default)]
+struct AcmeMemo {
+    requests: Arc<Vec<CertificateRequest>>,
+    challenges: Arc<ChallengeIndex>,
+    problems: Vec<Problem>,
 }
 
 #[derive(Debug)]
 pub struct Translation {
     pub snapshot: Snapshot,
     pub problems: Vec<Problem>,
-    pub certificates: Vec<CertificateInUse>,
+    /// Certificates whose expiry changed since the last translation: `None` when a
+    /// certificate left service.
+    pub certificate_updates: Vec<(ObjectKey, Option<i64>)>,
     /// Ingresses left to other controllers, with the class they name (if any).
-    pub ignored: Vec<(ObjectKey, Option<String>)>,
+    pub ignored: Arc<Vec<Ignored>>,
     /// Certificates pylon should obtain or keep renewed.
-    pub requests: Vec<CertificateRequest>,
+    pub requests: Arc<Vec<CertificateRequest>>,
     /// The Ingresses pylon serves (their status carries pylon's addresses).
-    pub served: Vec<ObjectKey>,
+    pub served: Arc<BTreeSet<ObjectKey>>,
+    /// Distinct backends in use, and their endpoints.
+    pub backends: usize,
+    pub endpoints: usize,
 }
 
-/// Builds the next snapshot from `world`, reusing what `previous` already parsed.
-pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Translation {
-    let mut problems = world.problems.clone();
-    let mut memo = Memo::default();
+/// Builds the next snapshot from `world`. `memo` describes `previous` (or is empty) and is
+/// brought up to date: only the hosts whose Ingresses, Services, EndpointSlices or Secrets
+/// changed are built again; every other host is shared with `previous`. The result is the same
+/// as a translation from scratch (tests check this).
+pub fn translate(
+    world: &Arc<World>,
+    settings: &Settings,
+    previous: &Snapshot,
+    memo: &mut Memo,
+) -> Translation {
+    if memo.generation != previous.generation || memo.world.is_none() {
+        *memo = Memo::default();
+    }
+    let old_world = memo.world.take();
+    let fresh = old_world.is_none();
+    let empty = World::default();
+    let old = old_world.as_deref().unwrap_or(&empty);
+    let mut run = Run {
+        world,
+        settings,
+        previous,
+        memo,
+        dirty_ingresses: HashSet::default(),
+        dirty_hosts: HashSet::default(),
+        wildcard_tls: Vec::new(),
+        default_dirty: fresh,
+        acme_dirty: fresh,
+        membership_changed: fresh,
+        touched_secrets: HashSet::default(),
+    };
+    run.take_changes(old);
+    run.finish(fresh)
+}
 
-    let (served, ignored) = select(world, settings, previous, &mut memo, &mut problems);
+/// One translation: what changed, and what must be built again because of it.
+struct Run<'a> {
+    world: &'a Arc<World>,
+    settings: &'a Settings,
+    previous: &'a Snapshot,
+    memo: &'a mut Memo,
+    /// Served Ingresses whose references (backends, Secrets) are evaluated again.
+    dirty_ingresses: HashSet<ObjectKey>,
+    dirty_hosts: HashSet<HostPattern>,
+    /// Parents of wildcard TLS hosts added or removed: their exact hosts' redirects may change.
+    wildcard_tls: Vec<String>,
+    default_dirty: bool,
+    acme_dirty: bool,
+    /// Whether the set of served or ignored Ingresses changed.
+    membership_changed: bool,
+    touched_secrets: HashSet<ObjectKey>,
+}
 
-    let mut backends = Backends::new(world);
-    let mut certs = Certs::new(world, &previous.memo.certs);
-
-    // TLS first: which hosts have TLS decides where plain HTTP is redirected.
-    let mut index = CertIndexBuilder::default();
-    let mut tls_hosts = TlsHosts::default();
-    let mut cert_owner: HashMap<HostPattern, (ObjectKey, Option<String>)> = HashMap::default();
-    for ing in &served {
-        let issues_certificates =
-            ing.annotations.certificate.issuer.is_some() || settings.default_issuer.is_some();
-        for entry in &ing.tls {
-            let cert = entry.secret.as_ref().and_then(|name| {
-                let key = ObjectKey::new(ing.key.namespace.clone(), name.clone());
-                certs.load(&key, &ing.key, !issues_certificates, &mut problems)
+impl Run<'_> {
+    /// Compares the world with the one of the previous run and marks what the changes touch.
+    fn take_changes(&mut self, old: &World) {
+        let world = self.world.clone();
+        let classes = Classes::new(&world, self.settings);
+        let mut ingresses = BTreeSet::new();
+        if !same(&old.ingress_classes, &world.ingress_classes) {
+            // Which Ingresses are served may have changed for any of them.
+            ingresses.extend(old.ingresses.keys().cloned());
+            ingresses.extend(world.ingresses.keys().cloned());
+        } else {
+            diff(&old.ingresses, &world.ingresses, |key, _, _| {
+                ingresses.insert(key.clone());
             });
-            for host in &entry.hosts {
-                tls_hosts.insert(host);
-                let Some(cert) = &cert else { continue };
-                match index.add(host, cert.key.clone()) {
-                    Ok(()) => {
-                        cert_owner.insert(host.clone(), (ing.key.clone(), entry.secret.clone()));
-                        if let HostPattern::Exact(h) = host
-                            && !cert.covers(h.as_str())
-                        {
-                            problems.push(Problem::warning(
-                                    ingress_subject(&ing.key),
-                                    "certificate_name_mismatch",
-                                    format!(
-                                        "the certificate in Secret {} does not cover host {h}; clients will reject it",
-                                        entry.secret.as_deref().unwrap_or_default()
-                                    ),
-                                ));
-                        }
-                    }
-                    Err(_) => {
-                        let (owner, secret) = &cert_owner[host];
-                        problems.push(Problem::warning(
-                            ingress_subject(&ing.key),
-                            "tls_host_conflict",
-                            format!(
-                                "host {host} already uses Secret {} of Ingress {owner} (older); Secret {} is not used for it",
-                                secret.as_deref().unwrap_or_default(),
-                                entry.secret.as_deref().unwrap_or_default()
-                            ),
+        }
+        if !same(&old.cluster_issuers, &world.cluster_issuers) || !same(&old.issuers, &world.issuers) {
+            self.acme_dirty = true;
+        }
+        let mut services = BTreeSet::new();
+        diff(&old.services, &world.services, |key, _, _| {
+            services.insert(key.clone());
+        });
+        let backends = &mut self.memo.backends;
+        diff(
+            &old.endpoint_slices,
+            &world.endpoint_slices,
+            |key, before, after| {
+                services.extend(backends.slice_changed(key, before.map(|s| &**s), after.map(|s| &**s)));
+            },
+        );
+        let mut secrets = Vec::new();
+        diff(&old.secrets, &world.secrets, |key, _, _| {
+            secrets.push(key.clone())
+        });
+
+        for key in &ingresses {
+            self.update_ingress(key, &classes);
+        }
+        for service in &services {
+            self.memo.backends.forget(service);
+            if let Some(users) = self.memo.service_users.get(service) {
+                self.dirty_ingresses.extend(users.iter().cloned());
+            }
+        }
+        if !secrets.is_empty()
+            && (!self.memo.issuing.is_empty()
+                || !world.cluster_issuers.is_empty()
+                || !world.issuers.is_empty())
+        {
+            // Issuers read account and CA keys from Secrets; requests look at their Secrets.
+            self.acme_dirty = true;
+        }
+        for secret in secrets {
+            if let Some(users) = self.memo.secret_users.get(&secret) {
+                self.dirty_ingresses.extend(users.iter().cloned());
+            }
+            self.touched_secrets.insert(secret);
+        }
+    }
+
+    /// Evaluates a new, changed or deleted Ingress and moves its entries in the indexes.
+    fn update_ingress(&mut self, key: &ObjectKey, classes: &Classes<'_>) {
+        let old = self.memo.ingresses.remove(key);
+        let old_serving = old.as_ref().and_then(|m| m.serving.clone());
+        if let Some(ing) = &old_serving {
+            self.unindex(ing);
+        }
+        let old_state = old.as_ref().map(|m| (m.serving.is_some(), m.ignored.clone()));
+        let Some(source) = self.world.ingresses.get(key) else {
+            self.membership_changed = true;
+            self.drop_counters(old_serving.as_deref(), None);
+            return;
+        };
+        let class = class_of(source);
+        let mut memo = IngressMemo {
+            source: source.clone(),
+            serving: None,
+            origin: None,
+            ignored: None,
+            own_problems: Vec::new(),
+            ref_problems: Vec::new(),
+        };
+        let subject = ingress_subject(key);
+        if !classes.serves(class) {
+            memo.ignored = Some(class.map(str::to_owned));
+        } else {
+            let reused = old
+                .as_ref()
+                .filter(|m| Arc::ptr_eq(&m.source, source))
+                .and_then(|m| m.serving.clone())
+                .filter(|_| old.as_ref().is_some_and(|m| m.own_problems.is_empty()));
+            memo.serving = match reused {
+                Some(parsed) => Some(parsed),
+                None => match ingress::parse(key, source) {
+                    Ok(parsed) => Some(Arc::new(parsed)),
+                    Err(rejected) => {
+                        let tail = if old_serving.is_some() {
+                            "; the last good version stays in service"
+                        } else {
+                            "; it is not served"
+                        };
+                        memo.own_problems.push(Problem::error(
+                            subject.clone(),
+                            "invalid_ingress",
+                            format!("{}{tail}", rejected.errors.join("; ")),
                         ));
+                        for note in rejected.notes {
+                            memo.own_problems.push(Problem::warning(
+                                subject.clone(),
+                                "ignored_setting",
+                                note,
+                            ));
+                        }
+                        old_serving.clone()
                     }
+                },
+            };
+        }
+        if let Some(ing) = &memo.serving {
+            for note in &ing.notes {
+                memo.own_problems
+                    .push(Problem::warning(subject.clone(), "ignored_setting", note.clone()));
+            }
+            memo.origin = Some(Arc::new(IngressRef {
+                namespace: key.namespace.as_str().into(),
+                name: key.name.as_str().into(),
+            }));
+            self.index(ing);
+            self.dirty_ingresses.insert(key.clone());
+        }
+        self.drop_counters(old_serving.as_deref(), memo.serving.as_deref());
+        if old_state != Some((memo.serving.is_some(), memo.ignored.clone())) {
+            self.membership_changed = true;
+        }
+        self.memo.ingresses.insert(key.clone(), memo);
+    }
+
+    /// Forgets the request counters of backends an Ingress no longer has.
+    fn drop_counters(&mut self, old: Option<&ParsedIngress>, new: Option<&ParsedIngress>) {
+        let Some(old) = old else { return };
+        let kept: BTreeSet<&str> = new
+            .map(|n| services(n).map(|s| s.name.as_str()).collect())
+            .unwrap_or_default();
+        for service in services(old) {
+            if !kept.contains(service.name.as_str()) {
+                self.memo.counters.remove(&counter_key(&old.key, service));
+            }
+        }
+    }
+
+    fn index(&mut self, ing: &ParsedIngress) {
+        let age = age(ing);
+        for host in hosts(ing) {
+            self.memo
+                .hosts
+                .entry(host.clone())
+                .or_default()
+                .contributors
+                .insert(age.clone());
+            self.dirty_hosts.insert(host.clone());
+        }
+        self.note_wildcard_tls(ing);
+        if ing.default_backend.is_some() {
+            self.memo.defaulting.insert(age.clone());
+            self.default_dirty = true;
+        }
+        for service in services(ing) {
+            let key = ObjectKey::new(ing.key.namespace.as_str(), service.name.as_str());
+            self.memo.backends.hold(key.clone(), &service.port);
+            self.memo
+                .service_users
+                .entry(key)
+                .or_default()
+                .insert(ing.key.clone());
+        }
+        for secret in secrets(ing) {
+            self.memo
+                .secret_users
+                .entry(secret.clone())
+                .or_default()
+                .insert(ing.key.clone());
+            self.touched_secrets.insert(secret);
+        }
+        if self.issuing(ing) {
+            self.memo.issuing.insert(age);
+            self.acme_dirty = true;
+        }
+    }
+
+    fn unindex(&mut self, ing: &ParsedIngress) {
+        let age = age(ing);
+        for host in hosts(ing) {
+            if let Some(memo) = self.memo.hosts.get_mut(host) {
+                memo.contributors.remove(&age);
+            }
+            self.dirty_hosts.insert(host.clone());
+        }
+        self.note_wildcard_tls(ing);
+        if self.memo.defaulting.remove(&age) {
+            self.default_dirty = true;
+        }
+        for service in services(ing) {
+            let key = ObjectKey::new(ing.key.namespace.as_str(), service.name.as_str());
+            self.memo.backends.release(&key, &service.port);
+            if let Some(users) = self.memo.service_users.get_mut(&key) {
+                users.remove(&ing.key);
+                if users.is_empty() {
+                    self.memo.service_users.remove(&key);
+                }
+            }
+        }
+        for secret in secrets(ing) {
+            if let Some(users) = self.memo.secret_users.get_mut(&secret) {
+                users.remove(&ing.key);
+                if users.is_empty() {
+                    self.memo.secret_users.remove(&secret);
+                }
+            }
+            self.touched_secrets.insert(secret);
+        }
+        if self.memo.issuing.remove(&age) {
+            self.acme_dirty = true;
+        }
+    }
+
+    fn note_wildcard_tls(&mut self, ing: &ParsedIngress) {
+        for entry in &ing.tls {
+            for host in &entry.hosts {
+                if let HostPattern::Wildcard(parent) = host {
+                    self.wildcard_tls.push(parent.to_string());
                 }
             }
         }
     }
-    let default_key = settings
-        .default_certificate
-        .as_ref()
-        .and_then(|key| certs.load_default(key, &mut problems))
-        .map_or_else(|| settings.fallback_certificate.key.clone(), |c| c.key.clone());
-    index.set_default(default_key);
 
-    // Routes, oldest Ingress first: the first route for a host and path wins.
-    let mut table = RouteTableBuilder::default();
-    let mut counters: HashMap<CounterKey, Arc<RequestCounters>> = HashMap::default();
-    let mut route_for = |ing: &ParsedIngress,
-                         origin: &Arc<IngressRef>,
-                         service: &ServiceRef,
-                         host: Option<&HostPattern>,
-                         backends: &mut Backends<'_>,
-                         problems: &mut Vec<Problem>| {
-        let backend = backends.resolve(&ing.key, service, problems);
-        let counter_key = CounterKey {
-            namespace: ing.key.namespace.as_str().into(),
-            ingress: ing.key.name.as_str().into(),
-            service: service.name.as_str().into(),
+    /// Whether pylon obtains certificates for this Ingress (or reports why it cannot).
+    fn issuing(&self, ing: &ParsedIngress) -> bool {
+        ing.annotations.certificate.issuer.is_some()
+            || (!ing.tls.is_empty() && self.settings.default_issuer.is_some())
+    }
+
+    /// Evaluates what a served Ingress refers to: its backends and TLS Secrets.
+    fn refresh_references(&mut self, key: &ObjectKey) {
+        let Some(ing) = self.memo.ingresses.get(key).and_then(|m| m.serving.clone()) else {
+            return;
         };
-        let counter = counters
-            .entry(counter_key)
-            .or_insert_with_key(|k| previous.counters.get(k).cloned().unwrap_or_default())
+        let mut problems = Vec::new();
+        let mut reported = BTreeSet::new();
+        for service in services(&ing) {
+            let backend = self.memo.backends.resolve(self.world, &key.namespace, service);
+            if let Some(problem) = unavailable_problem(key, &backend)
+                && reported.insert(backend.id.clone())
+            {
+                problems.push(problem);
+            }
+        }
+        // A missing Secret is not worth a warning when pylon is about to issue it.
+        let report_missing =
+            ing.annotations.certificate.issuer.is_none() && self.settings.default_issuer.is_none();
+        for entry in &ing.tls {
+            let Some(name) = &entry.secret else { continue };
+            let secret = ObjectKey::new(key.namespace.as_str(), name.as_str());
+            if self.memo.certs.get(self.world, &secret).is_none() && report_missing {
+                problems.push(Problem::warning(
+                    ingress_subject(key),
+                    "tls_secret_missing",
+                    format!("TLS Secret {name} not found; its hosts get the default certificate"),
+                ));
+            }
+        }
+        self.dirty_hosts.extend(hosts(&ing).cloned());
+        if ing.default_backend.is_some() {
+            self.default_dirty = true;
+        }
+        if let Some(memo) = self.memo.ingresses.get_mut(key) {
+            memo.ref_problems = problems;
+        }
+    }
+
+    /// The served version of an Ingress in the indexes.
+    fn serving(&self, key: &ObjectKey) -> Option<(&Arc<ParsedIngress>, &Arc<IngressRef>)> {
+        let memo = self.memo.ingresses.get(key)?;
+        Some((memo.serving.as_ref()?, memo.origin.as_ref()?))
+    }
+
+    fn route(
+        &mut self,
+        ing: &ParsedIngress,
+        origin: &Arc<IngressRef>,
+        service: &ServiceRef,
+        has_tls: bool,
+    ) -> Arc<Route> {
+        let backend = self
+            .memo
+            .backends
+            .resolve(self.world, &ing.key.namespace, service);
+        let counters = self
+            .memo
+            .counters
+            .entry(counter_key(&ing.key, service))
+            .or_default()
             .clone();
         let a = &ing.annotations;
-        let has_tls = host.is_some_and(|h| tls_hosts.covers(h));
         Arc::new(Route {
             ingress: origin.clone(),
             backend,
@@ -192,142 +518,380 @@ pub fn translate(world: &World, settings: &Settings, previous: &Snapshot) -> Tra
                 read_timeout: a.read_timeout,
                 write_timeout: a.write_timeout,
             },
-            counters: counter,
+            counters,
         })
-    };
-    for ing in &served {
-        let origin = Arc::new(IngressRef {
-            namespace: ing.key.namespace.as_str().into(),
-            name: ing.key.name.as_str().into(),
-        });
-        for rule in &ing.rules {
-            let route = route_for(
-                ing,
-                &origin,
-                &rule.backend,
-                Some(&rule.host),
-                &mut backends,
-                &mut problems,
-            );
-            if let Err(winner) = table.add(&rule.host, &rule.path, route) {
-                problems.push(Problem::error(
-                    ingress_subject(&ing.key),
-                    "path_conflict",
-                    format!(
-                        "host {} path {} is already served by Ingress {} (older); this path is not served",
-                        rule.host, rule.path, winner.ingress
-                    ),
-                ));
+    }
+
+    /// Whether a TLS entry of a served Ingress names `host` itself.
+    fn lists_tls(&self, host: &HostPattern) -> bool {
+        self.memo.hosts.get(host).is_some_and(|memo| {
+            memo.contributors.iter().any(|(_, key)| {
+                self.serving(key)
+                    .is_some_and(|(ing, _)| ing.tls.iter().any(|e| e.hosts.contains(host)))
+            })
+        })
+    }
+
+    /// Whether a rule host is covered by a TLS entry (exactly, or by a wildcard entry).
+    fn has_tls(&self, host: &HostPattern) -> bool {
+        match host {
+            HostPattern::Exact(h) => {
+                self.lists_tls(host) || h.covering_wildcard().is_some_and(|w| self.lists_tls(&w))
+            }
+            HostPattern::Wildcard(_) => self.lists_tls(host),
+            HostPattern::Any => false,
+        }
+    }
+
+    /// Builds the routes and the certificate of one host from the Ingresses naming it.
+    fn build_host(&mut self, host: &HostPattern, table: &mut RouteTable, index: &mut CertIndex) {
+        let contributors: Vec<(Arc<ParsedIngress>, Arc<IngressRef>)> = self
+            .memo
+            .hosts
+            .get(host)
+            .into_iter()
+            .flat_map(|memo| &memo.contributors)
+            .filter_map(|(_, key)| self.serving(key))
+            .map(|(ing, origin)| (ing.clone(), origin.clone()))
+            .collect();
+        if contributors.is_empty() {
+            self.memo.hosts.remove(host);
+            table.set_host(host, None);
+            index.set(host, None);
+            return;
+        }
+        let has_tls = self.has_tls(host);
+        let mut problems = Vec::new();
+        let mut routes = HostRoutes::default();
+        for (ing, origin) in &contributors {
+            for rule in ing.rules.iter().filter(|r| &r.host == host) {
+                let route = self.route(ing, origin, &rule.backend, has_tls);
+                if let Err(winner) = routes.insert(&rule.path, route) {
+                    problems.push(Problem::error(
+                        ingress_subject(&ing.key),
+                        "path_conflict",
+                        format!(
+                            "host {} path {} is already served by Ingress {} (older); this path is not served",
+                            rule.host, rule.path, winner.ingress
+                        ),
+                    ));
+                }
             }
         }
-        if let Some(service) = &ing.default_backend {
-            let route = route_for(ing, &origin, service, None, &mut backends, &mut problems);
-            if let Err(winner) = table.set_default(route) {
-                problems.push(Problem::warning(
+        table.set_host(host, Some(routes));
+
+        let mut winner: Option<(Arc<Certificate>, &ObjectKey, &str)> = None;
+        for (ing, _) in &contributors {
+            for entry in ing.tls.iter().filter(|e| e.hosts.contains(host)) {
+                let Some(name) = &entry.secret else { continue };
+                let secret = ObjectKey::new(ing.key.namespace.as_str(), name.as_str());
+                let Some(cert) = self.memo.certs.current(self.world, &secret) else {
+                    continue;
+                };
+                match &winner {
+                    None => {
+                        if let HostPattern::Exact(h) = host
+                            && !cert.covers(h.as_str())
+                        {
+                            problems.push(Problem::warning(
+                                ingress_subject(&ing.key),
+                                "certificate_name_mismatch",
+                                format!(
+                                    "the certificate in Secret {name} does not cover host {h}; clients will reject it"
+                                ),
+                            ));
+                        }
+                        winner = Some((cert, &ing.key, name));
+                    }
+                    Some((held, owner, held_secret)) if !Arc::ptr_eq(&held.key, &cert.key) => {
+                        problems.push(Problem::warning(
+                            ingress_subject(&ing.key),
+                            "tls_host_conflict",
+                            format!(
+                                "host {host} already uses Secret {held_secret} of Ingress {owner} (older); Secret {name} is not used for it"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        index.set(host, winner.map(|(cert, ..)| cert.key.clone()));
+        if let Some(memo) = self.memo.hosts.get_mut(host) {
+            memo.problems = problems;
+        }
+    }
+
+    /// The default backend: the oldest Ingress with one wins.
+    fn build_default(&mut self, table: &mut RouteTable) {
+        let mut problems = Vec::new();
+        let mut route: Option<Arc<Route>> = None;
+        let defaulting: Vec<(Arc<ParsedIngress>, Arc<IngressRef>)> = self
+            .memo
+            .defaulting
+            .iter()
+            .filter_map(|(_, key)| self.serving(key))
+            .map(|(ing, origin)| (ing.clone(), origin.clone()))
+            .collect();
+        for (ing, origin) in &defaulting {
+            let Some(service) = &ing.default_backend else {
+                continue;
+            };
+            match &route {
+                None => route = Some(self.route(ing, origin, service, false)),
+                Some(winner) => problems.push(Problem::warning(
                     ingress_subject(&ing.key),
                     "default_backend_conflict",
                     format!(
                         "the default backend of Ingress {} (older) is used; this one is not",
                         winner.ingress
                     ),
-                ));
+                )),
             }
         }
+        table.set_default(route);
+        self.memo.default_problems = problems;
     }
 
-    let wanted = certificates::certificates(&served, world, settings, &mut certs, &mut problems);
-    let (cert_memo, certificates) = certs.finish();
-    memo.certs = cert_memo;
-    problems.sort();
-    problems.dedup();
-    Translation {
-        snapshot: Snapshot {
-            generation: previous.generation + 1,
-            routes: table.build(),
-            certs: index.build(),
-            challenges: wanted.challenges,
-            counters,
-            memo,
-        },
-        problems,
-        certificates,
-        ignored,
-        requests: wanted.requests,
-        served: served.iter().map(|i| i.key.clone()).collect(),
+    /// Builds what changed and assembles the translation.
+    fn finish(mut self, fresh: bool) -> Translation {
+        let world = self.world.clone();
+        let settings = self.settings;
+        for key in std::mem::take(&mut self.dirty_ingresses) {
+            self.refresh_references(&key);
+        }
+        if !self.wildcard_tls.is_empty() {
+            let parents: HashSet<String> = std::mem::take(&mut self.wildcard_tls).into_iter().collect();
+            let under: Vec<HostPattern> = self
+                .memo
+                .hosts
+                .keys()
+                .filter(|h| match h {
+                    HostPattern::Exact(h) => h.parent().is_some_and(|p| parents.contains(p)),
+                    _ => false,
+                })
+                .cloned()
+                .collect();
+            self.dirty_hosts.extend(under);
+        }
+
+        let (mut table, mut index) = if fresh {
+            (RouteTable::default(), CertIndex::default())
+        } else {
+            (self.previous.routes.clone(), self.previous.certs.clone())
+        };
+        for host in std::mem::take(&mut self.dirty_hosts) {
+            self.build_host(&host, &mut table, &mut index);
+        }
+        if self.default_dirty {
+            self.build_default(&mut table);
+        }
+
+        let mut problems = world.problems.clone();
+        let default_key = settings.default_certificate.as_ref().and_then(|key| {
+            self.touched_secrets.insert(key.clone());
+            let cert = self.memo.certs.current(&world, key);
+            if !world.secrets.contains_key(key) {
+                problems.push(Problem::error(
+                    Subject::object("Secret", &key.namespace, &key.name),
+                    "tls_secret_missing",
+                    "configured as the default certificate but not found; a self-signed certificate is served",
+                ));
+            }
+            cert
+        });
+        index.set_default(
+            default_key.map_or_else(|| settings.fallback_certificate.key.clone(), |c| c.key.clone()),
+        );
+
+        if self.acme_dirty {
+            let issuing: Vec<&ParsedIngress> = self
+                .memo
+                .issuing
+                .iter()
+                .filter_map(|(_, key)| self.memo.ingresses.get(key)?.serving.as_deref())
+                .collect();
+            let mut acme_problems = Vec::new();
+            let wanted = certificates::certificates(
+                &issuing,
+                &world,
+                settings,
+                &mut self.memo.certs,
+                &mut acme_problems,
+            );
+            self.memo.acme = AcmeMemo {
+                requests: Arc::new(wanted.requests),
+                challenges: Arc::new(wanted.challenges),
+                problems: acme_problems,
+            };
+        }
+
+        // Certificates in service: loaded for every Secret a served Ingress names, and the
+        // default; Secrets no longer named are forgotten.
+        let mut certificate_updates = Vec::new();
+        for secret in std::mem::take(&mut self.touched_secrets) {
+            let named = self.memo.secret_users.contains_key(&secret)
+                || settings.default_certificate.as_ref() == Some(&secret);
+            if !named {
+                self.memo.certs.forget(&secret);
+            }
+            let now = self.memo.certs.not_after(&secret);
+            let before = match now {
+                Some(t) => self.memo.in_use.insert(secret.clone(), t),
+                None => self.memo.in_use.remove(&secret),
+            };
+            if before != now {
+                certificate_updates.push((secret, now));
+            }
+        }
+        certificate_updates.sort();
+
+        if self.membership_changed {
+            let mut served = BTreeSet::new();
+            let mut ignored = Vec::new();
+            for (key, memo) in &self.memo.ingresses {
+                if memo.serving.is_some() {
+                    served.insert(key.clone());
+                }
+                if let Some(class) = &memo.ignored {
+                    ignored.push((key.clone(), class.clone()));
+                }
+            }
+            ignored.sort();
+            self.memo.served = Arc::new(served);
+            self.memo.ignored = Arc::new(ignored);
+        }
+
+        for memo in self.memo.ingresses.values() {
+            problems.extend(memo.own_problems.iter().cloned());
+            if memo.serving.is_some() {
+                problems.extend(memo.ref_problems.iter().cloned());
+            }
+        }
+        for memo in self.memo.hosts.values() {
+            problems.extend(memo.problems.iter().cloned());
+        }
+        problems.extend(self.memo.default_problems.iter().cloned());
+        problems.extend(self.memo.acme.problems.iter().cloned());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.memo.certs.problems(now, &mut problems);
+        problems.sort();
+        problems.dedup();
+
+        let (backends, endpoints) = self.memo.backends.counts();
+        let generation = self.previous.generation + 1;
+        self.memo.generation = generation;
+        self.memo.world = Some(world);
+        Translation {
+            snapshot: Snapshot {
+                generation,
+                routes: table,
+                certs: index,
+                challenges: self.memo.acme.challenges.clone(),
+            },
+            problems,
+            certificate_updates,
+            ignored: self.memo.ignored.clone(),
+            requests: self.memo.acme.requests.clone(),
+            served: self.memo.served.clone(),
+            backends,
+            endpoints,
+        }
     }
 }
 
-/// An Ingress left to another controller, with the class it names.
-type Ignored = (ObjectKey, Option<String>);
+fn age(ing: &ParsedIngress) -> Age {
+    (ing.created.unwrap_or(Timestamp::MIN), ing.key.clone())
+}
 
-/// The Ingresses pylon serves, validated, oldest first. Invalid ones fall back to their last
-/// good version when there is one.
-fn select(
-    world: &World,
-    settings: &Settings,
-    previous: &Snapshot,
-    memo: &mut Memo,
-    problems: &mut Vec<Problem>,
-) -> (Vec<Arc<ParsedIngress>>, Vec<Ignored>) {
-    let classes = Classes::new(world, settings);
-    let mut served = Vec::new();
-    let mut ignored = Vec::new();
-    for (key, ing) in &world.ingresses {
-        let class = class_of(ing);
-        if !classes.serves(class) {
-            ignored.push((key.clone(), class.map(str::to_owned)));
-            continue;
-        }
-        let previous_good = previous.memo.good_ingresses.get(key);
-        if let Some((old, parsed)) = previous_good
-            && Arc::ptr_eq(old, ing)
-        {
-            memo.good_ingresses
-                .insert(key.clone(), (old.clone(), parsed.clone()));
-            served.push(parsed.clone());
-            continue;
-        }
-        match ingress::parse(key, ing) {
-            Ok(parsed) => {
-                let parsed = Arc::new(parsed);
-                memo.good_ingresses
-                    .insert(key.clone(), (ing.clone(), parsed.clone()));
-                served.push(parsed);
+/// Every host an Ingress names, in rules and TLS entries, once each.
+fn hosts(ing: &ParsedIngress) -> impl Iterator<Item = &HostPattern> {
+    let mut all: Vec<&HostPattern> = ing
+        .rules
+        .iter()
+        .map(|r| &r.host)
+        .chain(ing.tls.iter().flat_map(|e| &e.hosts))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all.into_iter()
+}
+
+/// Every Service an Ingress sends requests to.
+fn services(ing: &ParsedIngress) -> impl Iterator<Item = &ServiceRef> {
+    ing.rules
+        .iter()
+        .map(|r| &r.backend)
+        .chain(ing.default_backend.iter())
+}
+
+/// Every TLS Secret an Ingress names.
+fn secrets(ing: &ParsedIngress) -> impl Iterator<Item = ObjectKey> + '_ {
+    ing.tls
+        .iter()
+        .filter_map(|e| e.secret.as_deref())
+        .map(|name| ObjectKey::new(ing.key.namespace.as_str(), name))
+}
+
+fn counter_key(ingress: &ObjectKey, service: &ServiceRef) -> CounterKey {
+    CounterKey {
+        namespace: ingress.namespace.as_str().into(),
+        ingress: ingress.name.as_str().into(),
+        service: service.name.as_str().into(),
+    }
+}
+
+/// Whether two maps hold the same objects (the same `Arc`s under the same keys).
+fn same<K: Ord, V>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+}
+
+/// Calls `f` for every key whose object was added, removed or replaced from `old` to `new`.
+fn diff<K: Ord, V>(
+    old: &BTreeMap<K, Arc<V>>,
+    new: &BTreeMap<K, Arc<V>>,
+    mut f: impl FnMut(&K, Option<&Arc<V>>, Option<&Arc<V>>),
+) {
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some((k, v)), None) => {
+                f(k, Some(v), None);
+                a.next();
             }
-            Err(rejected) => {
-                let tail = if previous_good.is_some() {
-                    "; the last good version stays in service"
-                } else {
-                    "; it is not served"
-                };
-                let subject = ingress_subject(key);
-                problems.push(Problem::error(
-                    subject.clone(),
-                    "invalid_ingress",
-                    format!("{}{tail}", rejected.errors.join("; ")),
-                ));
-                for note in rejected.notes {
-                    problems.push(Problem::warning(subject.clone(), "ignored_setting", note));
-                }
-                if let Some((old, parsed)) = previous_good {
-                    memo.good_ingresses
-                        .insert(key.clone(), (old.clone(), parsed.clone()));
-                    served.push(parsed.clone());
-                }
+            (None, Some((k, v))) => {
+                f(k, None, Some(v));
+                b.next();
             }
+            // An object is shared under its own key only: the same `Arc` means the same key.
+            (Some((_, va)), Some((_, vb))) if Arc::ptr_eq(va, vb) => {
+                a.next();
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    f(ka, Some(va), None);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    f(kb, None, Some(vb));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    f(ka, Some(va), Some(vb));
+                    a.next();
+                    b.next();
+                }
+            },
         }
     }
-    for ing in &served {
-        for note in &ing.notes {
-            problems.push(Problem::warning(
-                ingress_subject(&ing.key),
-                "ignored_setting",
-                note.clone(),
-            ));
-        }
-    }
-    served.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
-    (served, ignored)
 }
 
 /// The class an Ingress names: `spec.ingressClassName`, else the legacy annotation.
@@ -384,34 +948,6 @@ impl<'a> Classes<'a> {
         match class {
             Some(name) => self.names.contains(name),
             None => self.serve_without_class || self.default_is_ours,
-        }
-    }
-}
-
-/// The hosts named in TLS entries: exact names and wildcard parents.
-#[derive(Default)]
-struct TlsHosts {
-    exact: HashSet<String>,
-    wildcard: HashSet<String>,
-}
-
-impl TlsHosts {
-    fn insert(&mut self, host: &HostPattern) {
-        match host {
-            HostPattern::Exact(h) => self.exact.insert(h.to_string()),
-            HostPattern::Wildcard(p) => self.wildcard.insert(p.to_string()),
-            HostPattern::Any => false,
-        };
-    }
-
-    /// Whether a rule host is covered by a TLS entry (exactly, or by a wildcard entry).
-    fn covers(&self, host: &HostPattern) -> bool {
-        match host {
-            HostPattern::Exact(h) => {
-                self.exact.contains(h.as_str()) || h.parent().is_some_and(|p| self.wildcard.contains(p))
-            }
-            HostPattern::Wildcard(p) => self.wildcard.contains(p.as_str()),
-            HostPattern::Any => false,
         }
     }
 }

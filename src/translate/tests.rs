@@ -28,6 +28,22 @@ fn settings(toml: &str) -> Settings {
 
 use crate::config::Config;
 
+/// A translation from scratch.
+fn fresh(w: World, s: &Settings) -> Translation {
+    translate(&Arc::new(w), s, &Snapshot::default(), &mut Memo::default())
+}
+
+/// The next translation after `previous`, as the control loop makes it (`memo` came with
+/// `previous`).
+fn next(w: World, s: &Settings, previous: &Translation, memo: &mut Memo) -> Translation {
+    translate(&Arc::new(w), s, &previous.snapshot, memo)
+}
+
+/// The first translation of a sequence.
+fn first(w: World, s: &Settings, memo: &mut Memo) -> Translation {
+    translate(&Arc::new(w), s, &Snapshot::default(), memo)
+}
+
 const CLASS: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: IngressClass
@@ -108,7 +124,7 @@ fn hosts_paths_and_default_backend() {
             rule("", "/any", "Prefix", "e"),
         ),
     );
-    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let t = fresh(world(&yaml), &settings(""));
     assert!(t.problems.is_empty(), "{:?}", t.problems);
     let cases = [
         (Some("app.example.com"), "/", "a"),
@@ -139,7 +155,7 @@ fn unknown_host_without_default_backend_is_not_found() {
             &format!("  rules:\n{}", rule("a.example.com", "/", "Prefix", "a"))
         )
     );
-    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let t = fresh(world(&yaml), &settings(""));
     assert_eq!(route(&t, Some("b.example.com"), "/"), "-");
     assert_eq!(route(&t, Some("a.example.com"), "/x"), "a");
 }
@@ -174,19 +190,11 @@ fn classes_decide_which_ingresses_are_served() {
             .collect::<Vec<_>>()
     };
 
-    let t = translate(&w, &settings(""), &Snapshot::default());
+    let t = fresh(w.clone(), &settings(""));
     assert_eq!(served(&t), ["ours", "legacy"]);
-    let t = translate(
-        &w,
-        &settings("[ingress]\nclasses = [\"nginx\"]"),
-        &Snapshot::default(),
-    );
+    let t = fresh(w.clone(), &settings("[ingress]\nclasses = [\"nginx\"]"));
     assert_eq!(served(&t), ["ours", "nginx", "legacy"]);
-    let t = translate(
-        &w,
-        &settings("[ingress]\nserve-without-class = true"),
-        &Snapshot::default(),
-    );
+    let t = fresh(w.clone(), &settings("[ingress]\nserve-without-class = true"));
     assert_eq!(served(&t), ["ours", "none", "legacy"]);
 
     // A default IngressClass of ours also takes Ingresses without a class.
@@ -195,13 +203,9 @@ fn classes_decide_which_ingresses_are_served() {
         "metadata: {name: pylon, annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}}",
         1,
     );
-    let t = translate(&world(&default_class), &settings(""), &Snapshot::default());
+    let t = fresh(world(&default_class), &settings(""));
     assert_eq!(served(&t), ["ours", "none", "legacy"]);
-    let t = translate(
-        &w,
-        &settings("[ingress]\ncontroller = \"example.com/other\""),
-        &Snapshot::default(),
-    );
+    let t = fresh(w, &settings("[ingress]\ncontroller = \"example.com/other\""));
     assert_eq!(served(&t), ["theirs"]);
 }
 
@@ -227,7 +231,7 @@ fn oldest_ingress_wins_a_conflict_and_the_loser_is_reported() {
         Some("pylon"),
         &format!("  rules:\n{}", rule("h.test", "/p", "Prefix", "old")),
     );
-    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let t = fresh(world(&yaml), &settings(""));
     assert_eq!(route(&t, Some("h.test"), "/p/x"), "old");
     assert_eq!(
         route(&t, Some("h.test"), "/q"),
@@ -279,7 +283,7 @@ spec: {ports: [{name: web, port: 8000}]}
             rule("badport.test", "/", "Prefix", "named").replace("number: 80", "number: 81"),
         ),
     );
-    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let t = fresh(world(&yaml), &settings(""));
     let backend = |host: &str| t.snapshot.routes.find(Some(host), "/").unwrap().backend.clone();
     let up: Vec<String> = backend("up.test")
         .endpoints()
@@ -318,7 +322,7 @@ spec: {ports: [{name: web, port: 8000}]}
             )
         )
     );
-    let t = translate(&world(&yaml2), &settings(""), &Snapshot::default());
+    let t = fresh(world(&yaml2), &settings(""));
     let a = t.snapshot.routes.find(Some("a.test"), "/").unwrap();
     let b = t.snapshot.routes.find(Some("b.test"), "/").unwrap();
     assert!(Arc::ptr_eq(&a.backend, &b.backend));
@@ -364,7 +368,7 @@ fn tls_hosts_get_certificates_and_redirects() {
     yaml += &rules[3];
     yaml += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: forced\n  annotations: {nginx.ingress.kubernetes.io/force-ssl-redirect: \"true\"}\nspec:\n  ingressClassName: pylon\n  rules:\n";
     yaml += &rules[4];
-    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let t = fresh(world(&yaml), &settings(""));
     let redirect = |h: &str| {
         t.snapshot
             .routes
@@ -385,7 +389,7 @@ fn tls_hosts_get_certificates_and_redirects() {
     assert_eq!(certs.find(Some("y.wild.test")).unwrap().0, Matched::Wildcard);
     assert_eq!(certs.find(Some("a.b.wild.test")).unwrap().0, Matched::Default);
     assert_eq!(certs.find(None).unwrap().0, Matched::Default);
-    assert_eq!(t.certificates.len(), 2);
+    assert_eq!(t.certificate_updates.len(), 2);
     // opt-out.test uses a certificate for secure.test: served, but reported.
     assert_eq!(reasons(&t), ["certificate_name_mismatch"]);
 }
@@ -407,13 +411,14 @@ fn a_broken_secret_keeps_the_previous_certificate() {
         )
     );
     let s = settings("");
-    let first = translate(&world(&good), &s, &Snapshot::default());
+    let mut memo = Memo::default();
+    let first = first(world(&good), &s, &mut memo);
     let first_key = first.snapshot.certs.find(Some("secure.test")).unwrap().1.clone();
 
     let broken = good
         .replace("BEGIN PRIVATE KEY", "BEGIN NONSENSE")
         .replace("END PRIVATE KEY", "END NONSENSE");
-    let second = translate(&world(&broken), &s, &first.snapshot);
+    let second = next(world(&broken), &s, &first, &mut memo);
     let (matched, key) = second.snapshot.certs.find(Some("secure.test")).unwrap();
     assert_eq!(matched, crate::tls::Matched::Exact);
     assert!(Arc::ptr_eq(key, &first_key), "previous certificate stays");
@@ -424,8 +429,8 @@ fn a_broken_secret_keeps_the_previous_certificate() {
             .contains("previous certificate stays in service")
     );
 
-    // Unchanged content is not parsed again: same certificate object.
-    let third = translate(&world(&good), &s, &first.snapshot);
+    // The good content again (in new objects) is not parsed again: same certificate object.
+    let third = next(world(&good), &s, &second, &mut memo);
     assert!(Arc::ptr_eq(
         third.snapshot.certs.find(Some("secure.test")).unwrap().1,
         &first_key
@@ -455,7 +460,7 @@ fn an_invalid_ingress_is_rejected_and_its_last_good_version_serves() {
         );
     let s = settings("");
 
-    let fresh = translate(&world(&bad), &s, &Snapshot::default());
+    let fresh = fresh(world(&bad), &s);
     assert_eq!(
         route(&fresh, Some("app.test"), "/"),
         "-",
@@ -468,8 +473,9 @@ fn an_invalid_ingress_is_rejected_and_its_last_good_version_serves() {
         fresh.problems[0].message
     );
 
-    let first = translate(&world(&good), &s, &Snapshot::default());
-    let second = translate(&world(&bad), &s, &first.snapshot);
+    let mut memo = Memo::default();
+    let first = first(world(&good), &s, &mut memo);
+    let second = next(world(&bad), &s, &first, &mut memo);
     assert_eq!(
         route(&second, Some("app.test"), "/"),
         "a",
@@ -481,7 +487,7 @@ fn an_invalid_ingress_is_rejected_and_its_last_good_version_serves() {
         "name: app,",
         "name: app, annotations: {nginx.ingress.kubernetes.io/proxy-body-size: huge},",
     );
-    let third = translate(&world(&bad_annotation), &s, &first.snapshot);
+    let third = next(world(&bad_annotation), &s, &second, &mut memo);
     assert_eq!(reasons(&third), ["invalid_ingress"]);
     assert!(third.problems[0].message.contains("proxy-body-size"));
     assert_eq!(route(&third, Some("app.test"), "/"), "a");
@@ -500,8 +506,9 @@ fn counters_survive_a_new_snapshot() {
         )
     );
     let s = settings("");
-    let first = translate(&world(&yaml), &s, &Snapshot::default());
-    let second = translate(&world(&yaml), &s, &first.snapshot);
+    let mut memo = Memo::default();
+    let first = first(world(&yaml), &s, &mut memo);
+    let second = next(world(&yaml), &s, &first, &mut memo);
     let c1 = &first
         .snapshot
         .routes
@@ -525,7 +532,7 @@ fn missing_tls_secret_and_unsupported_annotations_are_warnings() {
         service("a", &["10.0.0.1"]),
         rule("app.test", "/", "Prefix", "a")
     );
-    let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+    let t = fresh(world(&yaml), &settings(""));
     let mut r = reasons(&t);
     r.sort();
     assert_eq!(r, ["ignored_setting", "tls_secret_missing"]);
@@ -576,8 +583,9 @@ mod no_panics {
             }
         }
         let s = settings("[ingress]\nserve-without-class = true");
-        let first = translate(&w, &s, &Snapshot::default());
-        let _ = translate(&w, &s, &first.snapshot);
+        let mut memo = Memo::default();
+        let first = first(w.clone(), &s, &mut memo);
+        let _ = next(w, &s, &first, &mut memo);
     }
 
     proptest! {
@@ -670,7 +678,7 @@ mod certificates {
             "t.test",
         );
         yaml += &tls_secret("theirs-tls", &["t.test"]);
-        let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+        let t = fresh(world(&yaml), &settings(""));
         let secrets: Vec<String> = t.requests.iter().map(|r| r.secret.to_string()).collect();
         assert_eq!(secrets, ["default/app-tls"]);
         let req = &t.requests[0];
@@ -702,7 +710,7 @@ mod certificates {
         // cert-manager's RSA account key, and pylon's own key beside it.
         yaml += &secret("pylon", "le-account", &rsa, "");
         let s = settings("");
-        let t = translate(&world(&yaml), &s, &Snapshot::default());
+        let t = fresh(world(&yaml), &s);
         let material = &t.requests[0].material;
         assert_eq!(
             material.account_secret,
@@ -718,7 +726,7 @@ mod certificates {
             &ours.pem(),
             ", labels: {app.kubernetes.io/managed-by: pylon}",
         );
-        let t = translate(&world(&yaml), &s, &Snapshot::default());
+        let t = fresh(world(&yaml), &s);
         assert_eq!(t.requests[0].material.account_key.as_ref(), Some(&ours));
         let token = "0123456789abcdefghijKLMNOP";
         assert_eq!(
@@ -742,18 +750,256 @@ mod certificates {
                 )
             )
         );
-        let t = translate(&world(&yaml), &settings(""), &Snapshot::default());
+        let t = fresh(world(&yaml), &settings(""));
         assert!(
             t.requests.is_empty(),
             "no annotation, no default: nothing to issue"
         );
         assert_eq!(reasons(&t), ["tls_secret_missing"]);
-        let t = translate(
-            &world(&yaml),
+        let t = fresh(
+            world(&yaml),
             &settings("[acme]\ndefault-issuer = \"ClusterIssuer/local\""),
-            &Snapshot::default(),
         );
         assert_eq!(t.requests.len(), 1);
         assert!(t.problems.is_empty(), "{:?}", t.problems);
+    }
+}
+
+/// A translation made from the last one, after any sequence of changes, equals a translation
+/// of the same objects from scratch.
+mod incremental {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HOSTS: [&str; 7] = [
+        "h0.test", "h1.test", "h2.test", "h3.test", "*.w.test", "a.w.test", "",
+    ];
+    const CERT_HOSTS: [&[&str]; 4] = [&["h0.test"], &["h1.test", "h2.test"], &["*.w.test"], &["h3.test"]];
+
+    /// Four TLS Secrets' YAML bodies, generated once.
+    fn cert_yaml(i: usize) -> &'static str {
+        static CERTS: OnceLock<Vec<String>> = OnceLock::new();
+        &CERTS.get_or_init(|| CERT_HOSTS.iter().map(|hosts| tls_secret("NAME", hosts)).collect())[i]
+    }
+
+    /// A small deterministic generator for an object's details.
+    struct Bits(u64);
+
+    impl Bits {
+        fn take(&mut self, n: u64) -> usize {
+            let v = self.0 % n;
+            self.0 = (self.0 / n) ^ (self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40);
+            v as usize
+        }
+    }
+
+    /// The YAML of object `index` of `kind`, shaped by `seed`.
+    fn object(kind: u8, index: u8, seed: u64) -> String {
+        let mut b = Bits(seed);
+        match kind {
+            0 => {
+                let alt = if b.take(2) == 1 { ", {name: alt, port: 81, targetPort: 9090}" } else { "" };
+                format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{index}}}\nspec: {{ports: [{{name: http, port: 80, targetPort: 8080}}{alt}]}}\n"
+                )
+            }
+            1 => {
+                let endpoints: Vec<String> = (0..b.take(3))
+                    .map(|k| {
+                        let ready = if b.take(4) == 0 { "false" } else { "true" };
+                        format!("{{addresses: [10.0.{index}.{k}], conditions: {{ready: {ready}}}}}")
+                    })
+                    .collect();
+                format!(
+                    "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s{index}-abc\n  labels: {{kubernetes.io/service-name: s{index}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}, {{name: alt, port: 9090}}]\nendpoints: [{}]\n",
+                    endpoints.join(", ")
+                )
+            }
+            2 => cert_yaml(b.take(4)).replace("NAME", &format!("t{index}")),
+            3 => {
+                let class = ["pylon", "pylon", "pylon", "other"][b.take(4)];
+                let created = ["2024-01-01", "2024-01-02", "2024-01-03"][b.take(3)];
+                let mut annotations = Vec::new();
+                if b.take(3) == 0 {
+                    annotations.push("cert-manager.io/cluster-issuer: self");
+                }
+                if b.take(3) == 0 {
+                    annotations.push("nginx.ingress.kubernetes.io/ssl-redirect: \"false\"");
+                }
+                let mut body = format!("  ingressClassName: {class}\n");
+                if b.take(3) == 0 {
+                    body += &format!(
+                        "  defaultBackend: {{service: {{name: s{}, port: {{number: 80}}}}}}\n",
+                        b.take(4)
+                    );
+                }
+                let entries: Vec<String> = (0..b.take(3))
+                    .map(|_| {
+                        let hosts: Vec<String> = (0..b.take(3))
+                            .map(|_| format!("\"{}\"", HOSTS[b.take(6)]))
+                            .collect();
+                        format!("{{hosts: [{}], secretName: t{}}}", hosts.join(", "), b.take(5))
+                    })
+                    .collect();
+                if !entries.is_empty() {
+                    body += &format!("  tls: [{}]\n", entries.join(", "));
+                }
+                body += "  rules:\n";
+                for _ in 0..1 + b.take(3) {
+                    let port = ["{number: 80}", "{name: http}", "{name: alt}"][b.take(3)];
+                    let host = match HOSTS[b.take(7)] {
+                        "" => String::new(),
+                        h => format!("host: \"{h}\"\n    "),
+                    };
+                    body += &format!(
+                        "  - {host}http: {{paths: [{{path: {}, pathType: {}, backend: {{service: {{name: s{}, port: {port}}}}}}}]}}\n",
+                        ["/", "/api", "/x"][b.take(3)],
+                        ["Prefix", "Exact"][b.take(2)],
+                        b.take(5),
+                    );
+                }
+                format!(
+                    "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: i{index}, creationTimestamp: \"{created}T00:00:00Z\", annotations: {{{}}}}}\nspec:\n{body}",
+                    annotations.join(", ")
+                )
+            }
+            4 => {
+                let default = if b.take(2) == 0 { "true" } else { "false" };
+                format!(
+                    "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: pylon, annotations: {{ingressclass.kubernetes.io/is-default-class: \"{default}\"}}}}\nspec: {{controller: pylon.dev/ingress-controller}}\n"
+                )
+            }
+            _ => "---\napiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: self}\nspec: {selfSigned: {}}\n".to_owned(),
+        }
+    }
+
+    /// Puts (or, with `delete`, removes) one object, leaving every other object as it was.
+    fn change(w: &mut World, kind: u8, index: u8, seed: u64, delete: bool) {
+        let one = world(&object(kind, index, seed));
+        if !delete {
+            for (k, v) in one.ingresses {
+                w.ingresses.insert(k, v);
+            }
+            for (k, v) in one.services {
+                w.services.insert(k, v);
+            }
+            for (k, v) in one.endpoint_slices {
+                w.endpoint_slices.insert(k, v);
+            }
+            for (k, v) in one.secrets {
+                w.secrets.insert(k, v);
+            }
+            for (k, v) in one.ingress_classes {
+                w.ingress_classes.insert(k, v);
+            }
+            for (k, v) in one.cluster_issuers {
+                w.cluster_issuers.insert(k, v);
+            }
+            return;
+        }
+        for k in one.ingresses.keys() {
+            w.ingresses.remove(k);
+        }
+        for k in one.services.keys() {
+            w.services.remove(k);
+        }
+        for k in one.endpoint_slices.keys() {
+            w.endpoint_slices.remove(k);
+        }
+        for k in one.secrets.keys() {
+            w.secrets.remove(k);
+        }
+        for k in one.ingress_classes.keys() {
+            w.ingress_classes.remove(k);
+        }
+        for k in one.cluster_issuers.keys() {
+            w.cluster_issuers.remove(k);
+        }
+    }
+
+    /// Everything a translation decides, in comparable form.
+    fn outcome(t: &Translation, memo: &Memo) -> Vec<String> {
+        let mut out: Vec<String> = t
+            .snapshot
+            .routes
+            .entries()
+            .iter()
+            .map(|e| {
+                format!(
+                    "route {} {:?} {} -> {} {} {:?} {:?}",
+                    e.host,
+                    e.kind,
+                    e.path,
+                    e.route.ingress,
+                    e.route.backend.id,
+                    e.route.backend.endpoints(),
+                    e.route.policy
+                )
+            })
+            .collect();
+        if let Some(r) = t.snapshot.routes.default_route() {
+            out.push(format!("default -> {} {}", r.ingress, r.backend.id));
+        }
+        for host in HOSTS.iter().chain(&["b.w.test", "other.test"]) {
+            let found = t.snapshot.certs.find(Some(host)).map(|(m, k)| {
+                use std::hash::BuildHasher;
+                (
+                    m,
+                    foldhash::quality::FixedState::default().hash_one(k.cert[0].as_ref()),
+                )
+            });
+            out.push(format!("cert {host} {found:?}"));
+        }
+        out.push(format!("certs {}", t.snapshot.certs.len()));
+        out.extend(t.problems.iter().map(|p| format!("problem {p:?}")));
+        out.extend(
+            t.requests
+                .iter()
+                .map(|r| format!("request {} {:?} {}", r.secret, r.hosts, r.ingress)),
+        );
+        out.push(format!("challenges {}", t.snapshot.challenges.len()));
+        out.push(format!("served {:?}", t.served));
+        out.push(format!("ignored {:?}", t.ignored));
+        out.push(format!("backends {} endpoints {}", t.backends, t.endpoints));
+        let mut in_use: Vec<_> = memo.in_use.iter().collect();
+        in_use.sort();
+        out.push(format!("in use {in_use:?}"));
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn every_change_gives_what_a_translation_from_scratch_gives(
+            changes in prop::collection::vec((0..6u8, 0..4u8, any::<u64>(), prop::bool::weighted(0.2)), 1..24),
+        ) {
+            let s = settings("");
+            let mut w = world(CLASS);
+            let mut memo = Memo::default();
+            let mut last = first(w.clone(), &s, &mut memo);
+            let mut in_use: BTreeMap<ObjectKey, i64> = BTreeMap::new();
+            for (step, (kind, index, seed, delete)) in changes.into_iter().enumerate() {
+                change(&mut w, kind, index, seed, delete);
+                let t = next(w.clone(), &s, &last, &mut memo);
+                let mut scratch_memo = Memo::default();
+                let scratch = first(w.clone(), &s, &mut scratch_memo);
+                prop_assert_eq!(outcome(&t, &memo), outcome(&scratch, &scratch_memo), "step {}", step);
+                // The updates reported along the way add up to what is in service.
+                for (secret, not_after) in &t.certificate_updates {
+                    match not_after {
+                        Some(n) => in_use.insert(secret.clone(), *n),
+                        None => in_use.remove(secret),
+                    };
+                }
+                let expected: BTreeMap<ObjectKey, i64> =
+                    scratch_memo.in_use.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                prop_assert_eq!(&in_use, &expected);
+                last = t;
+            }
+        }
     }
 }
