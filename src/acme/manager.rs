@@ -43,7 +43,7 @@ pub struct Work {
     pub generation: u64,
     pub requests: Arc<Vec<CertificateRequest>>,
     /// The Ingresses pylon serves.
-    pub served: Arc<std::collections::BTreeSet<ObjectKey>>,
+    pub served: imbl::OrdSet<ObjectKey>,
     /// The objects the translation was made from.
     pub world: Arc<crate::source::World>,
 }

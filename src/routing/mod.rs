@@ -5,6 +5,7 @@
 mod backend;
 pub mod host;
 pub mod path;
+mod shared;
 mod table;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub use backend::{Backend, BackendId, PortRef, Unavailable};
 pub use host::{HostError, HostPattern, Hostname};
 pub use path::{PathError, PathKind, PathMatch};
+pub use shared::SharedMap;
 pub use table::{Entry, HostRoutes, RouteTable, RouteTableBuilder};
 
 use crate::metrics::RequestCounters;

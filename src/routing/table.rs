@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
+use super::Route;
 use super::host::{HostPattern, parent};
 use super::path::{PathKind, PathMatch, prefix_candidates};
-use super::Route;
+use super::shared::SharedMap;
 
 type Map<V> = HashMap<Arc<str>, V, RandomState>;
 
@@ -69,8 +70,8 @@ impl HostRoutes {
 /// the next table is a cheap clone of the last one with the changed hosts replaced.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    exact: Map<Arc<HostRoutes>>,
-    wildcard: Map<Arc<HostRoutes>>,
+    exact: SharedMap<Arc<HostRoutes>>,
+    wildcard: SharedMap<Arc<HostRoutes>>,
     any: Option<Arc<HostRoutes>>,
     default: Option<Arc<Route>>,
     /// Number of (host, path) routes.
@@ -115,8 +116,8 @@ impl RouteTable {
         let routes = routes.filter(|r| !r.is_empty()).map(Arc::new);
         self.routes += routes.as_ref().map_or(0, |r| r.len());
         let old = match host {
-            HostPattern::Exact(h) => set(&mut self.exact, h.as_str(), routes),
-            HostPattern::Wildcard(p) => set(&mut self.wildcard, p.as_str(), routes),
+            HostPattern::Exact(h) => self.exact.set(h.as_str(), routes),
+            HostPattern::Wildcard(p) => self.wildcard.set(p.as_str(), routes),
             HostPattern::Any => std::mem::replace(&mut self.any, routes),
         };
         self.routes -= old.map_or(0, |r| r.len());
@@ -163,7 +164,6 @@ impl RouteTable {
             .flat_map(|routes| routes.entries().map(|(_, _, route)| route))
             .chain(self.default.iter())
     }
-
 }
 
 /// Builds a [`RouteTable`]; the first route added for a (host, path) wins.
@@ -175,13 +175,21 @@ pub struct RouteTableBuilder {
 impl RouteTableBuilder {
     /// Adds a route, or returns the route already holding this host and path.
     pub fn add(&mut self, host: &HostPattern, path: &PathMatch, route: Arc<Route>) -> Result<(), Arc<Route>> {
-        let routes = match host {
-            HostPattern::Exact(h) => self.table.exact.entry(h.as_str().into()).or_default(),
-            HostPattern::Wildcard(p) => self.table.wildcard.entry(p.as_str().into()).or_default(),
-            HostPattern::Any => self.table.any.get_or_insert_with(Arc::default),
-        };
-        Arc::make_mut(routes).insert(path, route)?;
-        self.table.routes += 1;
+        let table = &mut self.table;
+        let mut routes = match host {
+            HostPattern::Exact(h) => table.exact.get(h.as_str()).cloned(),
+            HostPattern::Wildcard(p) => table.wildcard.get(p.as_str()).cloned(),
+            HostPattern::Any => table.any.clone(),
+        }
+        .unwrap_or_default();
+        Arc::make_mut(&mut routes).insert(path, route)?;
+        let routes = Some(routes);
+        match host {
+            HostPattern::Exact(h) => drop(table.exact.set(h.as_str(), routes)),
+            HostPattern::Wildcard(p) => drop(table.wildcard.set(p.as_str(), routes)),
+            HostPattern::Any => table.any = routes,
+        }
+        table.routes += 1;
         Ok(())
     }
 
@@ -198,16 +206,5 @@ impl RouteTableBuilder {
 
     pub fn build(self) -> RouteTable {
         self.table
-    }
-}
-
-/// Replaces (or removes) `key` in `map`; returns what was there.
-fn set<V>(map: &mut Map<V>, key: &str, value: Option<V>) -> Option<V> {
-    match value {
-        Some(v) => match map.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, v)),
-            None => map.insert(key.into(), v),
-        },
-        None => map.remove(key),
     }
 }

@@ -6,7 +6,6 @@ pub mod files;
 pub mod kubernetes;
 pub mod manifest;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -117,19 +116,24 @@ impl World {
     }
 }
 
+/// Objects of one kind by key, sorted. A persistent map: a copy shares its structure with the
+/// original, so a source hands out a new world after a change without copying the unchanged
+/// objects, and translate skips kinds that did not change.
+pub type Objects<K, V> = imbl::OrdMap<K, Arc<V>>;
+
 /// Every object pylon reads, as one consistent view.
 #[derive(Clone, Debug, Default)]
 pub struct World {
-    pub ingresses: BTreeMap<ObjectKey, Arc<Ingress>>,
+    pub ingresses: Objects<ObjectKey, Ingress>,
     /// Cluster-scoped, by name.
-    pub ingress_classes: BTreeMap<String, Arc<IngressClass>>,
-    pub services: BTreeMap<ObjectKey, Arc<Service>>,
-    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
-    pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
+    pub ingress_classes: Objects<String, IngressClass>,
+    pub services: Objects<ObjectKey, Service>,
+    pub endpoint_slices: Objects<ObjectKey, EndpointSlice>,
+    pub secrets: Objects<ObjectKey, Secret>,
     /// cert-manager `ClusterIssuer`s, by name.
-    pub cluster_issuers: BTreeMap<String, Arc<IssuerObject>>,
+    pub cluster_issuers: Objects<String, IssuerObject>,
     /// cert-manager `Issuer`s.
-    pub issuers: BTreeMap<ObjectKey, Arc<IssuerObject>>,
+    pub issuers: Objects<ObjectKey, IssuerObject>,
     /// Problems the source found while reading (unparseable files, invalid objects).
     pub problems: Vec<Problem>,
 }

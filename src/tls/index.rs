@@ -1,15 +1,13 @@
 //! The certificate index: exact names, wildcards by parent domain, and a default.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use foldhash::fast::RandomState;
 use rustls::sign::CertifiedKey;
 
-use crate::routing::HostPattern;
 use crate::routing::host::parent;
+use crate::routing::{HostPattern, SharedMap};
 
-type Map = HashMap<Arc<str>, Arc<CertifiedKey>, RandomState>;
+type Map = SharedMap<Arc<CertifiedKey>>;
 
 /// How a server name was matched; also the label of the ClientHello counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,13 +67,7 @@ impl CertIndex {
             HostPattern::Wildcard(p) => (&mut self.wildcard, p.as_str()),
             HostPattern::Any => return,
         };
-        match key {
-            Some(key) => match map.get_mut(name) {
-                Some(slot) => *slot = key,
-                None => drop(map.insert(name.into(), key)),
-            },
-            None => drop(map.remove(name)),
-        }
+        map.set(name, key);
     }
 
     pub fn set_default(&mut self, key: Arc<CertifiedKey>) {
@@ -109,7 +101,7 @@ impl CertIndexBuilder {
             }
             return Err(existing.clone());
         }
-        map.insert(name.into(), key);
+        map.set(name, Some(key));
         Ok(())
     }
 

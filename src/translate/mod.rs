@@ -11,7 +11,7 @@ mod certificates;
 mod certs;
 pub mod ingress;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
@@ -29,7 +29,7 @@ use crate::metrics::{CounterKey, RequestCounters};
 use crate::problem::{Problem, Subject};
 use crate::routing::{HostPattern, HostRoutes, IngressRef, Policy, Route, RouteTable};
 use crate::snapshot::Snapshot;
-use crate::source::{ObjectKey, World};
+use crate::source::{ObjectKey, Objects, World};
 use crate::tls::{CertIndex, Certificate};
 
 /// The legacy annotation naming an Ingress's class.
@@ -72,9 +72,6 @@ impl Settings {
 /// An Ingress's place in conflicts: oldest first, then namespace/name.
 type Age = (Timestamp, ObjectKey);
 
-/// An Ingress left to another controller, with the class it names.
-pub type Ignored = (ObjectKey, Option<String>);
-
 /// What translate remembers between runs, so that a change costs work in proportion to what it
 /// touches, not to the number of objects. It describes one snapshot: passed with any other
 /// snapshot, it is discarded and the next snapshot is built from scratch.
@@ -100,8 +97,8 @@ pub struct Memo {
     /// Served Ingresses that ask for certificates.
     issuing: BTreeSet<Age>,
     acme: AcmeMemo,
-    served: Arc<BTreeSet<ObjectKey>>,
-    ignored: Arc<Vec<Ignored>>,
+    served: imbl::OrdSet<ObjectKey>,
+    ignored: imbl::OrdMap<ObjectKey, Option<String>>,
     /// Request counters by Ingress and Service: a route built again keeps counting where the
     /// last one stopped.
     counters: HashMap<CounterKey, Arc<RequestCounters>>,
@@ -143,11 +140,11 @@ pub struct Translation {
     /// certificate left service.
     pub certificate_updates: Vec<(ObjectKey, Option<i64>)>,
     /// Ingresses left to other controllers, with the class they name (if any).
-    pub ignored: Arc<Vec<Ignored>>,
+    pub ignored: imbl::OrdMap<ObjectKey, Option<String>>,
     /// Certificates pylon should obtain or keep renewed.
     pub requests: Arc<Vec<CertificateRequest>>,
     /// The Ingresses pylon serves (their status carries pylon's addresses).
-    pub served: Arc<BTreeSet<ObjectKey>>,
+    pub served: imbl::OrdSet<ObjectKey>,
     /// Distinct backends in use, and their endpoints.
     pub backends: usize,
     pub endpoints: usize,
@@ -180,7 +177,6 @@ pub fn translate(
         wildcard_tls: Vec::new(),
         default_dirty: fresh,
         acme_dirty: fresh,
-        membership_changed: fresh,
         touched_secrets: HashSet::default(),
     };
     run.take_changes(old);
@@ -200,8 +196,6 @@ struct Run<'a> {
     wildcard_tls: Vec<String>,
     default_dirty: bool,
     acme_dirty: bool,
-    /// Whether the set of served or ignored Ingresses changed.
-    membership_changed: bool,
     touched_secrets: HashSet<ObjectKey>,
 }
 
@@ -272,9 +266,9 @@ impl Run<'_> {
         if let Some(ing) = &old_serving {
             self.unindex(ing);
         }
-        let old_state = old.as_ref().map(|m| (m.serving.is_some(), m.ignored.clone()));
         let Some(source) = self.world.ingresses.get(key) else {
-            self.membership_changed = true;
+            self.memo.served.remove(key);
+            self.memo.ignored.remove(key);
             self.drop_counters(old_serving.as_deref(), None);
             return;
         };
@@ -336,8 +330,14 @@ impl Run<'_> {
             self.dirty_ingresses.insert(key.clone());
         }
         self.drop_counters(old_serving.as_deref(), memo.serving.as_deref());
-        if old_state != Some((memo.serving.is_some(), memo.ignored.clone())) {
-            self.membership_changed = true;
+        if memo.serving.is_some() {
+            self.memo.served.insert(key.clone());
+        } else {
+            self.memo.served.remove(key);
+        }
+        match &memo.ignored {
+            Some(class) => drop(self.memo.ignored.insert(key.clone(), class.clone())),
+            None => drop(self.memo.ignored.remove(key)),
         }
         self.memo.ingresses.insert(key.clone(), memo);
     }
@@ -746,22 +746,6 @@ impl Run<'_> {
         }
         certificate_updates.sort();
 
-        if self.membership_changed {
-            let mut served = BTreeSet::new();
-            let mut ignored = Vec::new();
-            for (key, memo) in &self.memo.ingresses {
-                if memo.serving.is_some() {
-                    served.insert(key.clone());
-                }
-                if let Some(class) = &memo.ignored {
-                    ignored.push((key.clone(), class.clone()));
-                }
-            }
-            ignored.sort();
-            self.memo.served = Arc::new(served);
-            self.memo.ignored = Arc::new(ignored);
-        }
-
         for memo in self.memo.ingresses.values() {
             problems.extend(memo.own_problems.iter().cloned());
             if memo.serving.is_some() {
@@ -843,20 +827,22 @@ fn counter_key(ingress: &ObjectKey, service: &ServiceRef) -> CounterKey {
     }
 }
 
-/// Whether two maps hold the same objects (the same `Arc`s under the same keys).
-fn same<K: Ord, V>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+/// Whether two maps hold the same objects (the same `Arc`s, each under its own key).
+fn same<K: Ord + Clone, V>(a: &Objects<K, V>, b: &Objects<K, V>) -> bool {
+    a.ptr_eq(b) || (a.len() == b.len() && a.values().zip(b.values()).all(|(va, vb)| Arc::ptr_eq(va, vb)))
 }
 
 /// Calls `f` for every key whose object was added, removed or replaced from `old` to `new`.
-fn diff<K: Ord, V>(
-    old: &BTreeMap<K, Arc<V>>,
-    new: &BTreeMap<K, Arc<V>>,
+/// Objects are compared by identity: a source hands over an unchanged object as the same `Arc`,
+/// and a map it did not touch as the same map (nothing to compare).
+fn diff<K: Ord + Clone, V>(
+    old: &Objects<K, V>,
+    new: &Objects<K, V>,
     mut f: impl FnMut(&K, Option<&Arc<V>>, Option<&Arc<V>>),
 ) {
+    if old.ptr_eq(new) {
+        return;
+    }
     let mut a = old.iter().peekable();
     let mut b = new.iter().peekable();
     loop {

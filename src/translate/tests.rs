@@ -768,6 +768,7 @@ mod certificates {
 /// A translation made from the last one, after any sequence of changes, equals a translation
 /// of the same objects from scratch.
 mod incremental {
+    use std::collections::BTreeMap;
     use std::sync::OnceLock;
 
     use proptest::prelude::*;
