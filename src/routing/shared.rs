@@ -3,23 +3,26 @@
 //! The map is split into shards, each behind an `Arc`: a copy costs one pointer per shard, and a
 //! change copies only the shard it touches. With 10 000 hosts a configuration change copies a
 //! few hundred entries instead of the whole table, and freeing the old snapshot frees as little.
-//! A lookup hashes the name twice (shard, then entry): a few nanoseconds.
+//! A lookup hashes the name once: its top bits pick the shard.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 
 /// Shards per map: a power of two.
 const SHARDS: usize = 64;
 
-type Shard<V> = HashMap<Arc<str>, V, RandomState>;
+type Shard<V> = HashTable<(Arc<str>, V)>;
 
 #[derive(Clone, Debug)]
 pub struct SharedMap<V> {
     /// Empty until the first insert, then `SHARDS` shards.
     shards: Vec<Arc<Shard<V>>>,
+    /// One hash per key picks the shard (top bits) and the slot in it; the seed is random per
+    /// map and kept by its copies.
+    hasher: RandomState,
     len: usize,
 }
 
@@ -27,20 +30,22 @@ impl<V> Default for SharedMap<V> {
     fn default() -> Self {
         Self {
             shards: Vec::new(),
+            hasher: RandomState::default(),
             len: 0,
         }
     }
 }
 
-/// Which shard holds `key`: the top bits of a fixed hash, independent of the shards' hashers.
-fn shard_of(key: &str) -> usize {
-    let hash = foldhash::fast::FixedState::with_seed(0x5079_6c6f_6e21).hash_one(key);
-    (hash >> (64 - SHARDS.trailing_zeros())) as usize
-}
-
 impl<V: Clone> SharedMap<V> {
+    fn locate(&self, key: &str) -> (usize, u64) {
+        let hash = self.hasher.hash_one(key);
+        ((hash >> (64 - SHARDS.trailing_zeros())) as usize, hash)
+    }
+
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.shards.get(shard_of(key))?.get(key)
+        let (shard, hash) = self.locate(key);
+        let (_, v) = self.shards.get(shard)?.find(hash, |(k, _)| &**k == key)?;
+        Some(v)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -60,30 +65,31 @@ impl<V: Clone> SharedMap<V> {
         if self.shards.is_empty() {
             // Nothing to remove from an empty map.
             value.as_ref()?;
-            self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
+            self.shards = (0..SHARDS).map(|_| Arc::new(HashTable::new())).collect();
         }
-        let shard = Arc::make_mut(&mut self.shards[shard_of(key)]);
-        let old = match value {
-            Some(v) => match shard.get_mut(key) {
-                Some(slot) => Some(std::mem::replace(slot, v)),
-                None => {
-                    shard.insert(key.into(), v);
-                    None
-                }
-            },
-            None => shard.remove(key),
-        };
-        let added = shard.contains_key(key);
-        match (old.is_some(), added) {
-            (false, true) => self.len += 1,
-            (true, false) => self.len -= 1,
-            _ => {}
+        let (index, hash) = self.locate(key);
+        let hasher = self.hasher.clone();
+        let shard = Arc::make_mut(&mut self.shards[index]);
+        let rehash = |(k, _): &(Arc<str>, V)| hasher.hash_one(&**k);
+        match (shard.find_entry(hash, |(k, _)| &**k == key), value) {
+            (Ok(entry), Some(v)) => Some(std::mem::replace(&mut entry.into_mut().1, v)),
+            (Ok(entry), None) => {
+                self.len -= 1;
+                Some(entry.remove().0.1)
+            }
+            (Err(_), Some(v)) => {
+                shard.insert_unique(hash, (key.into(), v), rehash);
+                self.len += 1;
+                None
+            }
+            (Err(_), None) => None,
         }
-        old
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> {
-        self.shards.iter().flat_map(|shard| shard.iter())
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.iter().map(|(k, v)| (k, v)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
