@@ -9,10 +9,12 @@ use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
 
-/// Readiness: true once the first snapshot is published, false again as soon as shutdown starts.
+/// Readiness: true once the first snapshot is published and the traffic ports accept
+/// connections, false again as soon as shutdown starts.
 #[derive(Debug, Default)]
 pub struct Health {
     published: AtomicBool,
+    listening: AtomicBool,
     shutting_down: AtomicBool,
 }
 
@@ -21,12 +23,19 @@ impl Health {
         self.published.store(true, Ordering::Release);
     }
 
+    /// The traffic listeners accept connections.
+    pub fn mark_listening(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
     pub fn mark_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.published.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+        self.published.load(Ordering::Acquire)
+            && self.listening.load(Ordering::Acquire)
+            && !self.shutting_down.load(Ordering::Acquire)
     }
 }
 

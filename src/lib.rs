@@ -47,7 +47,8 @@
 //!    and translating change by change gives what translating from scratch gives (a property
 //!    test checks it); a change costs work in proportion to the hosts it touches. A bad object is
 //!    rejected, logged and counted, never fatal; the last good version of an object keeps serving.
-//! 4. `/readyz` turns true only after the first snapshot is published, and false first on shutdown.
+//! 4. `/readyz` turns true only after the first snapshot is published and the traffic ports
+//!    accept connections, and false first on shutdown.
 //! 5. The certificate resolver does no I/O: certificates are parsed and key-checked before they are
 //!    published; a bad certificate leaves the previous one in place.
 //! 6. Only `config`, `source`, `translate` and `acme` know serde and Kubernetes types; `routing`,

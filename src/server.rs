@@ -165,17 +165,20 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         .server_options(options_h)
         .build();
     let read_buffer = L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes);
-    proxy_service.add_listener(ListenerConfig::tcp(config.listen.http.to_string()).l4_buffer(read_buffer));
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
+    // pingora binds a service's listeners in the order they are added: HTTPS first, so that
+    // once the HTTP port accepts (see `watch_listeners`) both are open.
     proxy_service.add_listener(
         ListenerConfig::tcp(config.listen.https.to_string())
             .tls(tls)
             .l4_buffer(read_buffer),
     );
+    proxy_service.add_listener(ListenerConfig::tcp(config.listen.http.to_string()).l4_buffer(read_buffer));
     server.add_service(proxy_service);
+    watch_listeners(config.listen.http, health.clone());
 
     let mut admin = Service::new(
         "pylon admin".into(),
@@ -399,6 +402,38 @@ impl BackgroundService for ControlTask {
                 );
             }
         }
+    }
+}
+
+/// Marks the listeners open once the HTTP port accepts a connection: pingora binds them in its
+/// own threads, after the server starts, and `/readyz` must not say ready before.
+fn watch_listeners(http: SocketAddr, health: Arc<Health>) {
+    let target = match http.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            (std::net::Ipv4Addr::LOCALHOST, http.port()).into()
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            (std::net::Ipv6Addr::LOCALHOST, http.port()).into()
+        }
+        _ => http,
+    };
+    let on_error = health.clone();
+    let spawned = std::thread::Builder::new()
+        .name("pylon-listen".into())
+        .spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_ok() {
+                    health.mark_listening();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            warn!(%target, "the HTTP listener does not accept connections; /readyz stays false");
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot watch the listeners; /readyz does not wait for them");
+        on_error.mark_listening();
     }
 }
 
