@@ -15,6 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Lookup, Store};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Client, Resource, ResourceExt};
@@ -284,7 +285,10 @@ where
     <K as Lookup>::DynamicType: Eq + Hash + Clone,
 {
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(ResetTimerBackoff::new(
+            WatchBackoff::default(),
+            Duration::from_secs(10),
+        ))
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer);
     futures_util::pin_mut!(stream);
@@ -298,6 +302,48 @@ where
                 warn!(kind, error = %e, "watch failed; retrying with backoff");
             }
         }
+    }
+}
+
+/// Delays between watch retries: 0.5 s doubling to at most 5 s, with jitter, so that pylon
+/// notices a returning API server within seconds (kube's default backoff grows to 30 s: after a
+/// minute-long outage, changes would wait that long).
+struct WatchBackoff {
+    next: Duration,
+    jitter: foldhash::fast::RandomState,
+    tries: u64,
+}
+
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(500);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: WATCH_RETRY_MIN,
+            jitter: foldhash::fast::RandomState::default(),
+            tries: 0,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        use std::hash::BuildHasher;
+        let delay = self.next;
+        self.next = (delay * 2).min(WATCH_RETRY_MAX);
+        self.tries += 1;
+        // Up to a quarter more, so that the watches of many replicas do not retry in step.
+        let quarter = (self.jitter.hash_one(self.tries) % 256) as u32;
+        Some(delay + delay / 4 * quarter / 256)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_RETRY_MIN;
     }
 }
 
@@ -315,4 +361,20 @@ async fn cert_manager_resources(client: &Client) -> Option<(ApiResource, ApiReso
         resource("ClusterIssuer", "clusterissuers"),
         resource("Issuer", "issuers"),
     ))
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_grow_to_five_seconds_and_start_again_after_a_reset() {
+        let mut b = WatchBackoff::default();
+        let delays: Vec<Duration> = b.by_ref().take(8).collect();
+        assert!(delays[0] >= WATCH_RETRY_MIN && delays[0] <= WATCH_RETRY_MIN * 5 / 4);
+        assert!(delays[7] >= WATCH_RETRY_MAX && delays[7] <= WATCH_RETRY_MAX * 5 / 4);
+        assert!(delays.windows(2).all(|w| w[1] + WATCH_RETRY_MAX / 4 >= w[0]));
+        b.reset();
+        assert!(b.next().unwrap() <= WATCH_RETRY_MIN * 5 / 4);
+    }
 }
