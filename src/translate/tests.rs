@@ -880,45 +880,25 @@ mod incremental {
     /// Puts (or, with `delete`, removes) one object, leaving every other object as it was.
     fn change(w: &mut World, kind: u8, index: u8, seed: u64, delete: bool) {
         let one = world(&object(kind, index, seed));
-        if !delete {
-            for (k, v) in one.ingresses {
-                w.ingresses.insert(k, v);
-            }
-            for (k, v) in one.services {
-                w.services.insert(k, v);
-            }
-            for (k, v) in one.endpoint_slices {
-                w.endpoint_slices.insert(k, v);
-            }
-            for (k, v) in one.secrets {
-                w.secrets.insert(k, v);
-            }
-            for (k, v) in one.ingress_classes {
-                w.ingress_classes.insert(k, v);
-            }
-            for (k, v) in one.cluster_issuers {
-                w.cluster_issuers.insert(k, v);
-            }
-            return;
+        macro_rules! apply {
+            ($($kind:ident),*) => {$(
+                for (k, v) in one.$kind {
+                    if delete {
+                        w.$kind.remove(&k);
+                    } else {
+                        w.$kind.insert(k, v);
+                    }
+                }
+            )*};
         }
-        for k in one.ingresses.keys() {
-            w.ingresses.remove(k);
-        }
-        for k in one.services.keys() {
-            w.services.remove(k);
-        }
-        for k in one.endpoint_slices.keys() {
-            w.endpoint_slices.remove(k);
-        }
-        for k in one.secrets.keys() {
-            w.secrets.remove(k);
-        }
-        for k in one.ingress_classes.keys() {
-            w.ingress_classes.remove(k);
-        }
-        for k in one.cluster_issuers.keys() {
-            w.cluster_issuers.remove(k);
-        }
+        apply!(
+            ingresses,
+            services,
+            endpoint_slices,
+            secrets,
+            ingress_classes,
+            cluster_issuers
+        );
     }
 
     /// Everything a translation decides, in comparable form.
