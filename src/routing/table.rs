@@ -176,21 +176,22 @@ impl RouteTableBuilder {
     /// Adds a route, or returns the route already holding this host and path.
     pub fn add(&mut self, host: &HostPattern, path: &PathMatch, route: Arc<Route>) -> Result<(), Arc<Route>> {
         let table = &mut self.table;
+        // Taken out and put back, so that the host's routes are not shared while changed.
         let mut routes = match host {
-            HostPattern::Exact(h) => table.exact.get(h.as_str()).cloned(),
-            HostPattern::Wildcard(p) => table.wildcard.get(p.as_str()).cloned(),
-            HostPattern::Any => table.any.clone(),
+            HostPattern::Exact(h) => table.exact.set(h.as_str(), None),
+            HostPattern::Wildcard(p) => table.wildcard.set(p.as_str(), None),
+            HostPattern::Any => table.any.take(),
         }
         .unwrap_or_default();
-        Arc::make_mut(&mut routes).insert(path, route)?;
+        let added = Arc::make_mut(&mut routes).insert(path, route);
         let routes = Some(routes);
         match host {
             HostPattern::Exact(h) => drop(table.exact.set(h.as_str(), routes)),
             HostPattern::Wildcard(p) => drop(table.wildcard.set(p.as_str(), routes)),
             HostPattern::Any => table.any = routes,
         }
-        table.routes += 1;
-        Ok(())
+        table.routes += usize::from(added.is_ok());
+        added
     }
 
     /// Sets the default backend, or returns the one already set.

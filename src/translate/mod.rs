@@ -285,11 +285,11 @@ impl Run<'_> {
         if !classes.serves(class) {
             memo.ignored = Some(class.map(str::to_owned));
         } else {
+            // The same object that parsed cleanly last time (only the classes changed).
             let reused = old
                 .as_ref()
-                .filter(|m| Arc::ptr_eq(&m.source, source))
-                .and_then(|m| m.serving.clone())
-                .filter(|_| old.as_ref().is_some_and(|m| m.own_problems.is_empty()));
+                .filter(|m| Arc::ptr_eq(&m.source, source) && m.own_problems.is_empty())
+                .and_then(|m| m.serving.clone());
             memo.serving = match reused {
                 Some(parsed) => Some(parsed),
                 None => match ingress::parse(key, source) {
