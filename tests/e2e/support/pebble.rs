@@ -126,9 +126,12 @@ impl Pebble {
             .expect("start pebble (apt-get install pebble)");
         self.pebble = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(self.acme).is_err() {
-            assert!(Instant::now() < deadline, "pebble did not start: {}", self.logs());
-            std::thread::sleep(Duration::from_millis(50));
+        // Pebble opens its ACME and management listeners independently: wait for both.
+        for addr in [self.acme, self.management] {
+            while std::net::TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "pebble did not start: {}", self.logs());
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
