@@ -114,7 +114,21 @@ impl World {
             Kind::Issuer => drop(self.issuers.remove(key)),
         }
     }
+    /// Removes every object of `kind`.
+    pub fn clear(&mut self, kind: manifest::Kind) {
+        use manifest::Kind;
+        match kind {
+            Kind::Ingress => self.ingresses.clear(),
+            Kind::IngressClass => self.ingress_classes.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.endpoint_slices.clear(),
+            Kind::Secret => self.secrets.clear(),
+            Kind::ClusterIssuer => self.cluster_issuers.clear(),
+            Kind::Issuer => self.issuers.clear(),
+        }
+    }
 }
+
 
 /// Objects of one kind by key, sorted. A persistent map: a copy shares its structure with the
 /// original, so a source hands out a new world after a change without copying the unchanged
