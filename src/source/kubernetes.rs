@@ -125,7 +125,11 @@ impl Stores {
         for &kind in &changes.kinds {
             self.replace(world, kind);
         }
-        for id in changes.objects.iter().filter(|id| !changes.kinds.contains(&id.kind)) {
+        for id in changes
+            .objects
+            .iter()
+            .filter(|id| !changes.kinds.contains(&id.kind))
+        {
             match self.get(id) {
                 Some(o) => world.insert(id.key.clone(), o),
                 None => world.remove(id),
@@ -146,9 +150,10 @@ impl Stores {
                 Box::new(every(&self.slices).map(|(k, o)| (k, SharedObject::EndpointSlice(o))))
             }
             Kind::Secret => Box::new(every(&self.secrets).map(|(k, o)| (k, SharedObject::Secret(o)))),
-            Kind::ClusterIssuer => Box::new(every(&self.cluster_issuers).filter_map(|(k, o)| {
-                Some((k, SharedObject::ClusterIssuer(Arc::new(issuer(&o)?))))
-            })),
+            Kind::ClusterIssuer => Box::new(
+                every(&self.cluster_issuers)
+                    .filter_map(|(k, o)| Some((k, SharedObject::ClusterIssuer(Arc::new(issuer(&o)?))))),
+            ),
             Kind::Issuer => Box::new(
                 every(&self.issuers)
                     .filter_map(|(k, o)| Some((k, SharedObject::Issuer(Arc::new(issuer(&o)?))))),
@@ -240,12 +245,20 @@ pub async fn run(
     };
     for ns in &scopes {
         let ns = namespaced(ns);
-        stores
-            .ingresses
-            .push(reflect(api(&client, &ns), config(), Kind::Ingress, &ctx, &mut tasks));
-        stores
-            .services
-            .push(reflect(api(&client, &ns), config(), Kind::Service, &ctx, &mut tasks));
+        stores.ingresses.push(reflect(
+            api(&client, &ns),
+            config(),
+            Kind::Ingress,
+            &ctx,
+            &mut tasks,
+        ));
+        stores.services.push(reflect(
+            api(&client, &ns),
+            config(),
+            Kind::Service,
+            &ctx,
+            &mut tasks,
+        ));
         stores.slices.push(reflect(
             api(&client, &ns),
             config().labels("kubernetes.io/service-name"),
@@ -301,7 +314,13 @@ pub async fn run(
             };
             let writer = Writer::new(namespaced_issuer.clone());
             stores.issuers.push(writer.as_reader());
-            tasks.push(tokio::spawn(drive(api, config(), writer, Kind::Issuer, ctx.clone())));
+            tasks.push(tokio::spawn(drive(
+                api,
+                config(),
+                writer,
+                Kind::Issuer,
+                ctx.clone(),
+            )));
         }
     } else {
         info!("cert-manager's CRDs are not installed: no ClusterIssuer or Issuer is read");
@@ -557,7 +576,11 @@ mod tests {
             .iter()
             .map(|(k, o)| format!("Ingress {k} {}", meta(&o.metadata)))
             .collect();
-        out.extend(w.secrets.iter().map(|(k, o)| format!("Secret {k} {}", meta(&o.metadata))));
+        out.extend(
+            w.secrets
+                .iter()
+                .map(|(k, o)| format!("Secret {k} {}", meta(&o.metadata))),
+        );
         out.extend(w.cluster_issuers.iter().map(|(k, o)| {
             let server = o.spec.acme.as_ref().map(|a| a.server.clone()).unwrap_or_default();
             format!("ClusterIssuer {k} {server}")
@@ -583,7 +606,12 @@ mod tests {
             issuer_resources: Some((resource("ClusterIssuer"), resource("Issuer"))),
             ..Stores::default()
         };
-        for e in [Init, InitApply(ingress("a", "1")), InitApply(ingress("b", "1")), InitDone] {
+        for e in [
+            Init,
+            InitApply(ingress("a", "1")),
+            InitApply(ingress("b", "1")),
+            InitDone,
+        ] {
             ingress_writer.apply_watcher_event(&e);
         }
         for e in [Init, InitApply(secret("s1", "1")), InitDone] {
@@ -603,7 +631,10 @@ mod tests {
             stores.update(&mut world, &changes);
             assert_eq!(summary(&world), summary(&stores.world()), "after {what}");
             for (k, o) in &before.ingresses {
-                let id = ObjectId { kind: Kind::Ingress, key: k.clone() };
+                let id = ObjectId {
+                    kind: Kind::Ingress,
+                    key: k.clone(),
+                };
                 let named = changes.kinds.contains(&Kind::Ingress) || changes.objects.contains(&id);
                 if !named && let Some(now) = world.ingresses.get(k) {
                     assert!(Arc::ptr_eq(o, now), "{k} copied after {what}");
@@ -642,7 +673,12 @@ mod tests {
             c.note(Kind::ClusterIssuer, &e);
         });
         let now = step("an Ingress watch listing again", &mut |c| {
-            for e in [Init, InitApply(ingress("b", "3")), InitApply(ingress("d", "5")), InitDone] {
+            for e in [
+                Init,
+                InitApply(ingress("b", "3")),
+                InitApply(ingress("d", "5")),
+                InitDone,
+            ] {
                 ingress_writer.apply_watcher_event(&e);
                 c.note(Kind::Ingress, &e);
             }

@@ -129,7 +129,6 @@ impl World {
     }
 }
 
-
 /// Objects of one kind by key, sorted. A persistent map: a copy shares its structure with the
 /// original, so a source hands out a new world after a change without copying the unchanged
 /// objects, and translate skips kinds that did not change.
