@@ -44,6 +44,15 @@ fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
+/// Waits up to 20 s until `addr` accepts a connection.
+fn wait_for(addr: SocketAddr, what: &str, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what}: {}", logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Pebble {
     pub fn start(options: PebbleOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -78,11 +87,12 @@ impl Pebble {
             management,
             listener_ca: ca.pem,
         };
+        let dns_management = free_addr();
         p.dns = Some(
             Command::new("pebble-challtestsrv")
                 .args([
                     "-management",
-                    &free_addr().to_string(),
+                    &dns_management.to_string(),
                     "-dns01",
                     &dns_addr.to_string(),
                     "-http01",
@@ -101,6 +111,9 @@ impl Pebble {
                 .spawn()
                 .expect("start pebble-challtestsrv (apt-get install pebble)"),
         );
+        // Its management listener accepting is the sign that it has started (its DNS server
+        // starts alongside).
+        wait_for(dns_management, "pebble-challtestsrv did not start", || p.logs());
         p.start_pebble();
         p
     }
@@ -125,13 +138,9 @@ impl Pebble {
             .spawn()
             .expect("start pebble (apt-get install pebble)");
         self.pebble = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
         // Pebble opens its ACME and management listeners independently: wait for both.
         for addr in [self.acme, self.management] {
-            while std::net::TcpStream::connect(addr).is_err() {
-                assert!(Instant::now() < deadline, "pebble did not start: {}", self.logs());
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_for(addr, "pebble did not start", || self.logs());
         }
     }
 
