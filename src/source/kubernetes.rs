@@ -36,7 +36,7 @@ use super::manifest::{Kind, ObjectId};
 use super::{ObjectKey, SharedObject, World};
 use crate::acme::state;
 
-/// How long the source waits after a change for more changes before rebuilding.
+/// How long the source waits after a change for more changes before updating the world.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// What to watch.
