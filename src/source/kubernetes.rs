@@ -101,13 +101,13 @@ where
     stores.iter().rev().find_map(|s| s.get(&at))
 }
 
-/// Every object in `stores`, by key (later stores win, as in [`find`]).
-fn every<K>(stores: &[Store<K>]) -> impl Iterator<Item = (ObjectKey, Arc<K>)> + '_
+/// The keys of every object in `stores`.
+fn keys<K>(stores: &[Store<K>]) -> BTreeSet<ObjectKey>
 where
     K: Lookup + ResourceExt + Clone + 'static,
     <K as Lookup>::DynamicType: Eq + Hash + Clone,
 {
-    stores.iter().flat_map(Store::state).map(|o| (key(&*o), o))
+    stores.iter().flat_map(Store::state).map(|o| key(&*o)).collect()
 }
 
 impl Stores {
@@ -140,27 +140,20 @@ impl Stores {
     /// Replaces every object of `kind` in `world` with the stores' objects.
     fn replace(&self, world: &mut World, kind: Kind) {
         world.clear(kind);
-        let objects: Box<dyn Iterator<Item = (ObjectKey, SharedObject)>> = match kind {
-            Kind::Ingress => Box::new(every(&self.ingresses).map(|(k, o)| (k, SharedObject::Ingress(o)))),
-            Kind::IngressClass => {
-                Box::new(every(&self.classes).map(|(k, o)| (k, SharedObject::IngressClass(o))))
-            }
-            Kind::Service => Box::new(every(&self.services).map(|(k, o)| (k, SharedObject::Service(o)))),
-            Kind::EndpointSlice => {
-                Box::new(every(&self.slices).map(|(k, o)| (k, SharedObject::EndpointSlice(o))))
-            }
-            Kind::Secret => Box::new(every(&self.secrets).map(|(k, o)| (k, SharedObject::Secret(o)))),
-            Kind::ClusterIssuer => Box::new(
-                every(&self.cluster_issuers)
-                    .filter_map(|(k, o)| Some((k, SharedObject::ClusterIssuer(Arc::new(issuer(&o)?))))),
-            ),
-            Kind::Issuer => Box::new(
-                every(&self.issuers)
-                    .filter_map(|(k, o)| Some((k, SharedObject::Issuer(Arc::new(issuer(&o)?))))),
-            ),
+        let keys = match kind {
+            Kind::Ingress => keys(&self.ingresses),
+            Kind::IngressClass => keys(&self.classes),
+            Kind::Service => keys(&self.services),
+            Kind::EndpointSlice => keys(&self.slices),
+            Kind::Secret => keys(&self.secrets),
+            Kind::ClusterIssuer => keys(&self.cluster_issuers),
+            Kind::Issuer => keys(&self.issuers),
         };
-        for (key, object) in objects {
-            world.insert(key, object);
+        for key in keys {
+            let id = ObjectId { kind, key };
+            if let Some(object) = self.get(&id) {
+                world.insert(id.key, object);
+            }
         }
     }
 
