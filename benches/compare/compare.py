@@ -1606,7 +1606,9 @@ def medians(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float,
 def report(results: list[dict], opts: Options, meta: dict) -> str:
     med = medians(results)
     scenarios = list(dict.fromkeys(r["scenario"] for r in results))
-    lines = [f"pylon benchmark, {meta['date']}, {meta['host']}, {opts.rounds} round(s) of {opts.duration:g} s"
+    timed = [s for s in scenarios if not s.startswith("IR")]
+    shape = f"{opts.rounds} round(s) of {opts.duration:g} s" if timed else "one run per proxy"
+    lines = [f"pylon benchmark, {meta['date']}, {meta['host']}, {shape}"
              + (" (SMOKE: figures meaningless)" if opts.smoke else ""), ""]
     lines += ["## Ratios pylon / comparator (median of rounds)", ""]
     others = [p for p in COMPARATORS[1:] if p in opts.proxies]
