@@ -1409,7 +1409,7 @@ class Bench:
             out = self.run_dir / "callgrind" / name
             out.mkdir(parents=True)
             proxy.wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out.%p"]
-            running = proxy.start(Setup())  # one start for the three workloads: valgrind starts slowly
+            running = proxy.start(Setup())  # one start for all workloads: valgrind starts slowly
             proxy.wrap = []
             try:
                 started = None
