@@ -179,6 +179,29 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+SPEED_PROBE_DATA = bytes(16 << 20)
+
+
+def speed_probe(samples: int = 3) -> float:
+    """Milliseconds to hash 16 MiB with SHA-256 on the proxy CPU (median of `samples`).
+
+    A fixed amount of work, so its time says how fast this machine runs at the moment. A VM
+    whose host is busy runs everything slower, often without showing steal time or load in
+    the guest; runs whose probes differ are not comparable in time (their ratios mostly are,
+    and instruction counts always are)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {PROXY_CPU})
+    try:
+        times = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            hashlib.sha256(SPEED_PROBE_DATA).digest()
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.sched_setaffinity(0, before)
+    return round(statistics.median(times) * 1e3, 1)
+
+
 def run_tool(argv: list[str], timeout: float) -> tuple[str, float]:
     """Runs a load generator pinned to the load CPU; returns its output and CPU seconds."""
     proc = subprocess.Popen(
@@ -1126,7 +1149,8 @@ class Bench:
     def run(self, scenario: str, proxy_name: str, round_no: int, setup: Setup, load, ready_host=None, ready_timeout=60.0):
         proxy = self.proxies[proxy_name]
         running = proxy.start(setup)
-        record = {"scenario": scenario, "proxy": proxy_name, "round": round_no, "load_before": loadavg()}
+        record = {"scenario": scenario, "proxy": proxy_name, "round": round_no, "load_before": loadavg(),
+                  "speed_probe_ms": speed_probe()}
         try:
             if proxy_name != "direct":
                 wait_serving(running.port, ready_host, running.proc, ready_timeout)
@@ -1420,7 +1444,8 @@ class Bench:
                 for scenario, count, gen in workloads:
                     if name == "nginx-null" and "1m" in scenario:
                         continue  # it answers "ok" to every path
-                    record = {"scenario": scenario, "proxy": name, "round": 1, "load_before": loadavg()}
+                    record = {"scenario": scenario, "proxy": name, "round": 1, "load_before": loadavg(),
+                              "speed_probe_ms": speed_probe()}
                     try:
                         if started is not None:
                             raise started
@@ -1617,6 +1642,12 @@ def report(results: list[dict], opts: Options, meta: dict) -> str:
     shape = f"{opts.rounds} round(s) of {opts.duration:g} s" if timed else "one run per proxy"
     lines = [f"pylon benchmark, {meta['date']}, {meta['host']}, {shape}"
              + (" (SMOKE: figures meaningless)" if opts.smoke else ""), ""]
+    probes = [r["speed_probe_ms"] for r in results if "speed_probe_ms" in r]
+    if "speed_probe_ms" in meta:
+        spread = f"; before each run {min(probes):g}–{max(probes):g} ms" if probes else ""
+        lines += [f"Machine speed probe (SHA-256 of 16 MiB on CPU {PROXY_CPU}; lower is faster): "
+                  f"{meta['speed_probe_ms']:g} ms at the start, {meta.get('speed_probe_end_ms', 0):g} ms at the end"
+                  f"{spread}. Load average at the start: {meta['load_before']:g}.", ""]
     lines += ["## Ratios pylon / comparator (median of rounds)", ""]
     others = [p for p in COMPARATORS[1:] if p in opts.proxies]
     lines.append("| scenario | metric | better | " + " | ".join(f"pylon/{p}" for p in others) + " | target vs nginx |")
@@ -1729,6 +1760,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "host": f"{platform.node()} {os.cpu_count()} CPUs, {platform.release()}",
         "load_before": loadavg(),
+        "speed_probe_ms": speed_probe(5),
         "pylon": a.pylon,
         "options": vars(a),
     }
@@ -1741,6 +1773,7 @@ def main() -> int:
         log("interrupted; reporting what ran")
     finally:
         stop_all()
+    meta["speed_probe_end_ms"] = speed_probe(5)
     text = report(bench.results, opts, meta)
     (bench.run_dir / "results.json").write_text(json.dumps({"meta": meta, "results": bench.results}, indent=1))
     (bench.run_dir / "results.md").write_text(text + "\n")

@@ -59,12 +59,45 @@ pub(super) fn new_request_id() -> HeaderValue {
 }
 
 /// An IP address as a header value, formatted without a heap allocation of its own.
+/// IPv4 addresses, the common case, skip the formatting machinery.
 pub(super) fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
     let mut buf = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let len = cursor.position() as usize;
+    let len = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                len += write_decimal(octet, &mut buf[len..]);
+            }
+            len
+        }
+        std::net::IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}");
+            cursor.position() as usize
+        }
+    };
     HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+}
+
+/// Writes `n` in decimal at the start of `out` (room for three digits); returns the length.
+fn write_decimal(n: u8, out: &mut [u8]) -> usize {
+    let digits = [n / 100, n / 10 % 10, n % 10];
+    let skip = if n >= 100 {
+        0
+    } else if n >= 10 {
+        1
+    } else {
+        2
+    };
+    let digits = &digits[skip..];
+    for (slot, d) in out.iter_mut().zip(digits) {
+        *slot = b'0' + d;
+    }
+    digits.len()
 }
 
 #[cfg(test)]
@@ -81,6 +114,12 @@ mod tests {
         assert!(!usable_request_id(b"has space"));
         assert!(!usable_request_id(&[b'a'; 200]));
         assert_eq!(ip_header_value("10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(ip_header_value("0.0.0.0".parse().unwrap()), "0.0.0.0");
+        assert_eq!(ip_header_value("255.100.99.10".parse().unwrap()), "255.100.99.10");
+        for octet in 0..=255u8 {
+            let ip = std::net::Ipv4Addr::new(octet, 9, 10, 199);
+            assert_eq!(ip_header_value(ip.into()), ip.to_string().as_str());
+        }
         assert_eq!(
             ip_header_value("2001:db8::ffff:1:2:3".parse().unwrap()),
             "2001:db8::ffff:1:2:3"
