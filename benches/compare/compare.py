@@ -1148,9 +1148,11 @@ class Bench:
     # One measured run of one proxy.
     def run(self, scenario: str, proxy_name: str, round_no: int, setup: Setup, load, ready_host=None, ready_timeout=60.0):
         proxy = self.proxies[proxy_name]
+        # Probed before the proxy starts: some proxies take seconds of CPU to load 10 000 hosts.
+        probe = speed_probe()
         running = proxy.start(setup)
         record = {"scenario": scenario, "proxy": proxy_name, "round": round_no, "load_before": loadavg(),
-                  "speed_probe_ms": speed_probe()}
+                  "speed_probe_ms": probe}
         try:
             if proxy_name != "direct":
                 wait_serving(running.port, ready_host, running.proc, ready_timeout)
