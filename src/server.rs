@@ -16,7 +16,6 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -36,7 +35,7 @@ use crate::cluster::status::{Publish, StatusWriter};
 use crate::config::{Config, KubernetesConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::{InFlight, Proxy};
+use crate::proxy::{InFlight, Proxy, ProxyApp};
 use crate::snapshot::Published;
 use crate::source::files::FilesSource;
 use crate::source::{ObjectKey, World};
@@ -160,10 +159,10 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     );
     let mut options_h = HttpServerOptions::default();
     options_h.h2c = false;
-    let mut proxy_service = ProxyServiceBuilder::new(&conf, proxy)
-        .name("pylon proxy")
-        .server_options(options_h)
-        .build();
+    let mut http = pingora::proxy::http_proxy(&conf, proxy);
+    http.server_options = Some(options_h);
+    let app = ProxyApp::new(http, metrics.clone(), config.proxy.client_keepalive_timeout);
+    let mut proxy_service = Service::new("pylon proxy".into(), app);
     let read_buffer = L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes);
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");

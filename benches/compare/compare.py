@@ -249,9 +249,19 @@ def insecure_context(alpn: list[str] | None = None) -> ssl.SSLContext:
 PROBE_CTX = insecure_context(["http/1.1"])
 
 
+def connect(port: int, timeout: float) -> socket.socket:
+    """A TCP connection to a loopback port, with Nagle's algorithm off as browsers and load
+    generators have it. With it on, a request written right after the TLS handshake waits for
+    the server's acknowledgement of the client's Finished message, which a server that sends
+    no session tickets (Envoy here) delays by 40 ms."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return raw
+
+
 def https_get(port: int, host: str | None = None, path: str = "/", timeout: float = 2.0):
     """One request on a new TLS connection: (status, sha256 of the served certificate)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+    with connect(port, timeout) as raw:
         with PROBE_CTX.wrap_socket(raw, server_hostname=host) as s:
             der = s.getpeercert(binary_form=True)
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host or '127.0.0.1'}\r\nConnection: close\r\n\r\n".encode())
@@ -1056,7 +1066,7 @@ def hold_idle(port: int, count: int, settle: float, measure) -> dict:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(held)} of {count} connections opened in time")
         try:
-            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            raw = connect(port, 10)
             conn = PROBE_CTX.wrap_socket(raw)
             conn.sendall(request)
             head = b""

@@ -2,10 +2,12 @@
 //! the current snapshot once (an `ArcSwap` load and hash lookups) and never waits on the
 //! control plane.
 
+mod connection;
 mod headers;
 mod respond;
 
-use std::any::Any;
+pub use connection::ProxyApp;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,8 +74,6 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     body_limit: u64,
     body_bytes: u64,
-    /// Keeps a plain-HTTP connection counted as open across keep-alive requests.
-    connection: Option<Arc<crate::tls::OpenConnectionGuard>>,
 }
 
 /// pylon's proxy logic.
@@ -182,7 +182,6 @@ impl ProxyHttp for Proxy {
             upstream_status: None,
             body_limit: self.config.max_request_body_bytes,
             body_bytes: 0,
-            connection: None,
         }
     }
 
@@ -192,11 +191,6 @@ impl ProxyHttp for Proxy {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if !ctx.tls && ctx.connection.is_none() {
-            ctx.connection = Some(Arc::new(crate::tls::OpenConnectionGuard::new(
-                &self.metrics.open_connections,
-            )));
-        }
         if !session.is_process_shutting_down() {
             session.set_keepalive(Some(self.config.client_keepalive_timeout.as_secs()));
         }
@@ -404,6 +398,11 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         ctx.upstream_status = Some(upstream.status.as_u16());
         strip_hop_by_hop(upstream);
+        // A proxy answers in its own HTTP version (RFC 9110, section 6.2), whatever the
+        // upstream spoke; pingora would pass an HTTP/1.0 status line through.
+        if matches!(upstream.version, http::Version::HTTP_09 | http::Version::HTTP_10) {
+            upstream.set_version(http::Version::HTTP_11);
+        }
         if let Some(start) = ctx.upstream_start {
             let elapsed = start.elapsed();
             ctx.upstream_duration = Some(elapsed);
@@ -446,27 +445,6 @@ impl ProxyHttp for Proxy {
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
-        }
-    }
-
-    fn persist_connection_context(
-        &self,
-        _session: &Session,
-        ctx: &Ctx,
-    ) -> Option<Box<dyn Any + Send + Sync>> {
-        ctx.connection
-            .clone()
-            .map(|c| Box::new(c) as Box<dyn Any + Send + Sync>)
-    }
-
-    fn on_connection_reuse(
-        &self,
-        _session: &mut Session,
-        ctx: &mut Ctx,
-        previous: Box<dyn Any + Send + Sync>,
-    ) {
-        if let Ok(connection) = previous.downcast::<Arc<crate::tls::OpenConnectionGuard>>() {
-            ctx.connection = Some(*connection);
         }
     }
 

@@ -7,6 +7,7 @@ mod support;
 
 mod acme;
 mod cli;
+mod keepalive;
 mod kube;
 mod kube_smoke;
 mod lifecycle;
