@@ -6,7 +6,7 @@
 //! 4 KiB header buffer: 48 KiB per idle connection in all). pylon waits for the next request's
 //! first byte in this small loop instead, then hands that byte to a fresh pingora session as
 //! the start of its request. An idle connection then holds the connection task, the TLS state
-//! and this loop's own few hundred bytes.
+//! and this loop's own state (under 1 KiB).
 
 use std::sync::Arc;
 use std::time::Duration;

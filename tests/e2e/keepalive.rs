@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::support::client::TlsClient;
 use crate::support::pylon::{Options, Pylon};
 use crate::support::upstream::Upstream;
-use crate::support::{CLASS, IngressYaml, TestCa, service, tls_secret};
+use crate::support::{CLASS, IngressYaml, TestCa, service, single_route, tls_secret};
 
 /// Reads one HTTP/1.x response: (status, body). The body may be sized by Content-Length,
 /// chunked, or end when the server closes the connection.
@@ -195,16 +195,7 @@ async fn keep_alive_requests_in_pieces_and_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_keep_alive_connections() {
     let up = Upstream::start("up");
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
-    let mut pylon = Pylon::start(&[("app.yaml", &yaml)]);
+    let mut pylon = Pylon::start(&[("app.yaml", &single_route(up.addr, "app.test", &[]))]);
     let mut idle = tokio::net::TcpStream::connect(pylon.http).await.unwrap();
     idle.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
@@ -276,16 +267,7 @@ impl Drop for Http10Upstream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http10_upstream_is_answered_in_http11() {
     let up = Http10Upstream::start();
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("old", &[up.addr]),
-        IngressYaml {
-            rules: &[("old.test", "/", "Prefix", "old")],
-            ..Default::default()
-        }
-        .render()
-    );
-    let pylon = Pylon::start(&[("old.yaml", &yaml)]);
+    let pylon = Pylon::start(&[("old.yaml", &single_route(up.addr, "old.test", &[]))]);
     let mut conn = tokio::net::TcpStream::connect(pylon.http).await.unwrap();
     // read_response checks the status line is HTTP/1.1.
     for _ in 0..2 {
