@@ -93,15 +93,20 @@ async fn closed_within(io: &mut (impl AsyncRead + Unpin), within: Duration) -> D
     }
 }
 
+/// Reads a response and checks that the echo upstream answered it for `path`.
+async fn expect_echo(io: &mut (impl AsyncRead + Unpin), what: &str, path: &str) {
+    let (status, body) = read_response(io).await;
+    assert_eq!(status, 200, "{what}: {body}");
+    assert!(body.contains(&format!("\"{path}\"")), "{what}: {body}");
+}
+
 /// The same conversation over plain HTTP and over TLS: whole requests, a request whose first
 /// byte arrives alone, a body that follows its head later, then silence until pylon closes.
 async fn converse(io: &mut (impl AsyncRead + AsyncWrite + Unpin), what: &str) {
     io.write_all(b"GET /one HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
         .unwrap();
-    let (status, body) = read_response(io).await;
-    assert_eq!(status, 200, "{what}: {body}");
-    assert!(body.contains("\"/one\""), "{what}: {body}");
+    expect_echo(io, what, "/one").await;
 
     // Idle for a moment, then a request whose first byte comes alone.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -111,9 +116,7 @@ async fn converse(io: &mut (impl AsyncRead + AsyncWrite + Unpin), what: &str) {
     io.write_all(b"ET /two HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
         .unwrap();
-    let (status, body) = read_response(io).await;
-    assert_eq!(status, 200, "{what}: {body}");
-    assert!(body.contains("\"/two\""), "{what}: {body}");
+    expect_echo(io, what, "/two").await;
 
     // A head in two pieces, then its body.
     io.write_all(b"POST /three HTTP/1.1\r\nHo").await.unwrap();
