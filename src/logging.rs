@@ -1,16 +1,14 @@
 //! Log output: `tracing` for pylon's own events, and a bridge for pingora's `log` records that
-//! counts TLS handshake failures and quiets what clients cause every day.
+//! quiets what clients cause every day.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
-use prometheus::IntCounter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the `tracing` subscriber (stderr) and the bridge for pingora's `log` records.
-pub fn init(config: &LogConfig, handshake_failures: IntCounter) {
+pub fn init(config: &LogConfig) {
     let filter = EnvFilter::builder()
         .parse(&config.level)
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -22,10 +20,7 @@ pub fn init(config: &LogConfig, handshake_failures: IntCounter) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    let bridge = PingoraLog {
-        handshake_failures: Arc::new(handshake_failures),
-    };
-    if log::set_boxed_logger(Box::new(bridge)).is_ok() {
+    if log::set_boxed_logger(Box::new(PingoraLog)).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
     }
 }
@@ -33,8 +28,6 @@ pub fn init(config: &LogConfig, handshake_failures: IntCounter) {
 /// What a pingora log line means to an operator.
 #[derive(Debug, PartialEq, Eq)]
 enum Kind {
-    /// A TLS handshake failed or timed out: counted, logged at debug.
-    HandshakeFailure,
     /// Clients closing connections, scanners sending garbage: logged at debug.
     ClientNoise,
     /// One request failed upstream; the access log and metrics have it too: logged as a warning.
@@ -43,11 +36,7 @@ enum Kind {
 }
 
 fn classify(message: &str) -> Kind {
-    if message.starts_with("Downstream handshake error")
-        || message.starts_with("Downstream handshake timeout")
-    {
-        Kind::HandshakeFailure
-    } else if message.starts_with("H2 handshake error")
+    if message.starts_with("H2 handshake error")
         || message.contains("Downstream ConnectionClosed")
         || message.contains("Peer closed connection")
         || message.starts_with("Fail to proxy: Downstream")
@@ -60,9 +49,7 @@ fn classify(message: &str) -> Kind {
     }
 }
 
-struct PingoraLog {
-    handshake_failures: Arc<IntCounter>,
-}
+struct PingoraLog;
 
 impl log::Log for PingoraLog {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -76,10 +63,6 @@ impl log::Log for PingoraLog {
         let message = record.args().to_string();
         let target = record.target();
         match classify(&message) {
-            Kind::HandshakeFailure => {
-                self.handshake_failures.inc();
-                tracing::debug!(target: "pingora", source = target, "{message}");
-            }
             Kind::ClientNoise => tracing::debug!(target: "pingora", source = target, "{message}"),
             Kind::RequestFailure => tracing::warn!(target: "pingora", source = target, "{message}"),
             Kind::Other => match record.level() {
@@ -102,8 +85,8 @@ mod tests {
     #[test]
     fn classifies_pingora_lines() {
         assert_eq!(
-            classify("Downstream handshake error from 127.0.0.1:5555: TLSHandshakeFailure"),
-            Kind::HandshakeFailure
+            classify("Fail to proxy: Downstream ReadError context: Peer closed connection"),
+            Kind::ClientNoise
         );
         assert_eq!(classify("H2 handshake error Connection reset"), Kind::ClientNoise);
         assert_eq!(

@@ -119,7 +119,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.common.config.as_deref(), &overrides)?;
     let published = Published::default();
     let metrics = Metrics::new(published.clone());
-    pylon::logging::init(&config.log, metrics.tls_handshake_failures.clone());
+    pylon::logging::init(&config.log);
     pylon::server::run(config, published, metrics).context("cannot start")?;
     Ok(ExitCode::SUCCESS)
 }

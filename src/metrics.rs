@@ -199,7 +199,7 @@ impl Metrics {
             ),
             open_connections: gauge(
                 "pylon_open_connections",
-                "Client connections currently open (TLS, and plain HTTP after the first request)",
+                "Client connections currently open, from accept to close (TLS handshakes included)",
             ),
             tls_client_hellos: counter_vec(
                 "pylon_tls_client_hellos_total",

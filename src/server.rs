@@ -6,16 +6,14 @@
 //! in-flight requests get up to `shutdown.drain-timeout` to finish; pylon exits as soon as none is
 //! left. pingora's own 300 s grace period never applies.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::TlsSettings;
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -35,7 +33,7 @@ use crate::cluster::status::{Publish, StatusWriter};
 use crate::config::{Config, KubernetesConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::{InFlight, Proxy, ProxyApp};
+use crate::proxy::{InFlight, Listener, Proxy, ProxyApp, ProxyService};
 use crate::snapshot::Published;
 use crate::source::files::FilesSource;
 use crate::source::{ObjectKey, World};
@@ -92,18 +90,21 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         })?;
         None
     };
-    for (listener, addr) in [
-        ("http", config.listen.http),
-        ("https", config.listen.https),
-        ("admin", config.listen.admin),
-    ] {
-        // Fail with a clear message now rather than inside pingora's listener setup.
-        TcpListener::bind(addr).map_err(|source| Error::Bind {
+    let bind = |listener, addr| {
+        Listener::bind(listener, addr).map_err(|source| Error::Bind {
             listener,
             addr,
             source,
-        })?;
-    }
+        })
+    };
+    // The proxy's sockets stay open from here; connections wait in the kernel's queue until
+    // the proxy service accepts them.
+    let (http_listener, https_listener) = (
+        bind("http", config.listen.http)?,
+        bind("https", config.listen.https)?,
+    );
+    // Fail with a clear message now rather than inside pingora's listener setup.
+    bind("admin", config.listen.admin)?;
 
     let health = Arc::new(Health::default());
     let in_flight = Arc::new(InFlight::default());
@@ -161,23 +162,13 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     options_h.h2c = false;
     let mut http = pingora::proxy::http_proxy(&conf, proxy);
     http.server_options = Some(options_h);
-    let app = ProxyApp::new(http, metrics.clone(), config.proxy.client_keepalive_timeout);
-    let mut proxy_service = Service::new("pylon proxy".into(), app);
-    let read_buffer = L4BufferSettings::default().read(config.proxy.client_read_buffer_bytes);
+    let app = ProxyApp::new(http, config.proxy.client_keepalive_timeout);
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
-    // pingora binds a service's listeners in the order they are added: HTTPS first, so that
-    // once the HTTP port accepts (see `watch_listeners`) both are open.
-    proxy_service.add_listener(
-        ListenerConfig::tcp(config.listen.https.to_string())
-            .tls(tls)
-            .l4_buffer(read_buffer),
-    );
-    proxy_service.add_listener(ListenerConfig::tcp(config.listen.http.to_string()).l4_buffer(read_buffer));
-    server.add_service(proxy_service);
-    watch_listeners(config.listen.http, health.clone());
+    let listeners = vec![https_listener.tls(tls), http_listener];
+    server.add_service(ProxyService::new(app, listeners, metrics.clone(), health.clone()));
 
     let mut admin = Service::new(
         "pylon admin".into(),
@@ -401,38 +392,6 @@ impl BackgroundService for ControlTask {
                 );
             }
         }
-    }
-}
-
-/// Marks the listeners open once the HTTP port accepts a connection: pingora binds them in its
-/// own threads, after the server starts, and `/readyz` must not say ready before.
-fn watch_listeners(http: SocketAddr, health: Arc<Health>) {
-    let target = match http.ip() {
-        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
-            (std::net::Ipv4Addr::LOCALHOST, http.port()).into()
-        }
-        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
-            (std::net::Ipv6Addr::LOCALHOST, http.port()).into()
-        }
-        _ => http,
-    };
-    let on_error = health.clone();
-    let spawned = std::thread::Builder::new()
-        .name("pylon-listen".into())
-        .spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_ok() {
-                    health.mark_listening();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            warn!(%target, "the HTTP listener does not accept connections; /readyz stays false");
-        });
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot watch the listeners; /readyz does not wait for them");
-        on_error.mark_listening();
     }
 }
 

@@ -27,9 +27,6 @@ pub const DEFAULT_CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_UPSTREAM_POOL_SIZE: usize = 1024;
 pub const DEFAULT_CONNECT_RETRIES: usize = 2;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
-/// None: TLS reads straight from the socket, 4 KiB at a time. pingora's own default (64 KiB)
-/// more than doubles what an idle keep-alive connection costs (112 KiB instead of 48 KiB).
-pub const DEFAULT_CLIENT_READ_BUFFER_BYTES: u64 = 0;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -121,7 +118,6 @@ pub struct ProxyFile {
     pub connect_retries: Option<i64>,
     pub max_request_header_size: Option<ByteSize>,
     pub max_request_body_size: Option<ByteSize>,
-    pub client_read_buffer_size: Option<ByteSize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -483,21 +479,8 @@ fn build_proxy(c: &mut Check, file: ProxyFile) -> ProxyConfig {
     } else {
         max_header as usize
     };
-    let read_buffer = file
-        .client_read_buffer_size
-        .map_or(DEFAULT_CLIENT_READ_BUFFER_BYTES, |s| s.bytes());
-    let client_read_buffer_bytes = if read_buffer > 1024 * 1024 {
-        c.fail(
-            "proxy.client-read-buffer-size",
-            format!("{read_buffer} bytes is outside 0..=1m"),
-        );
-        DEFAULT_CLIENT_READ_BUFFER_BYTES as usize
-    } else {
-        read_buffer as usize
-    };
     ProxyConfig {
         threads,
-        client_read_buffer_bytes,
         connect_timeout: c.positive_duration(
             "proxy.connect-timeout",
             file.connect_timeout.as_deref(),

@@ -112,9 +112,6 @@ pub struct ProxyConfig {
     pub max_request_header_bytes: usize,
     /// Request body; larger requests get 413. Zero means no limit.
     pub max_request_body_bytes: u64,
-    /// The read buffer of each client connection, below TLS. Held for the connection's life,
-    /// so it is most of what an idle keep-alive connection costs.
-    pub client_read_buffer_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]

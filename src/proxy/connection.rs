@@ -5,8 +5,8 @@
 //! which is sized for a whole proxied request (about 14 KiB, plus two more boxed futures and a
 //! 4 KiB header buffer: 48 KiB per idle connection in all). pylon waits for the next request's
 //! first byte in this small loop instead, then hands that byte to a fresh pingora session as
-//! the start of its request. An idle connection then holds the connection task, the TLS state
-//! and this loop's own state (under 1 KiB).
+//! the start of its request. An idle connection then holds the connection task (see
+//! [`super::listener`]), the TLS state and this loop's own state (under 1 KiB).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +22,6 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
 use super::Proxy;
-use crate::metrics::Metrics;
-use crate::tls::OpenConnectionGuard;
 
 /// The first read of a request: pingora's own starting size for request heads.
 const HEAD_BUFFER: usize = 4096;
@@ -31,20 +29,18 @@ const HEAD_BUFFER: usize = 4096;
 /// How long the first request of a connection may take to start, as pingora allows.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// pylon's `ServerApp`: what pingora's listeners hand each accepted (and TLS-terminated)
+/// pylon's `ServerApp`: what pylon's listeners hand each accepted (and TLS-terminated)
 /// connection to.
 pub struct ProxyApp {
     proxy: Arc<HttpProxy<Proxy>>,
-    metrics: Arc<Metrics>,
     /// How long a connection may sit idle between requests.
     keepalive: Duration,
 }
 
 impl ProxyApp {
-    pub fn new(proxy: HttpProxy<Proxy>, metrics: Arc<Metrics>, keepalive: Duration) -> Self {
+    pub fn new(proxy: HttpProxy<Proxy>, keepalive: Duration) -> Self {
         Self {
             proxy: Arc::new(proxy),
-            metrics,
             keepalive,
         }
     }
@@ -56,11 +52,6 @@ impl ServerApp for ProxyApp {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        // TLS connections are counted from their handshake (`ConnectionInfo`); plain ones here.
-        let _open = stream
-            .get_ssl_digest()
-            .is_none()
-            .then(|| OpenConnectionGuard::new(&self.metrics.open_connections));
         let mut stream = stream;
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;

@@ -4,9 +4,11 @@
 
 mod connection;
 mod headers;
+mod listener;
 mod respond;
 
 pub use connection::ProxyApp;
+pub use listener::{Listener, ProxyService};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

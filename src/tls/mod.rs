@@ -9,4 +9,4 @@ mod resolver;
 
 pub use certificate::{Certificate, Error, self_signed};
 pub use index::{CertIndex, CertIndexBuilder, Matched};
-pub use resolver::{ConnectionInfo, HandshakeCallbacks, OpenConnectionGuard, SniResolver};
+pub use resolver::{ConnectionInfo, HandshakeCallbacks, SniResolver};

@@ -49,30 +49,11 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Facts about a TLS connection, attached to it after the handshake. While it lives, the
-/// connection counts as open.
+/// Facts about a TLS connection, attached to it after the handshake.
 #[derive(Debug)]
 pub struct ConnectionInfo {
     pub server_name: Option<Box<str>>,
     pub version: &'static str,
-    _open: OpenConnectionGuard,
-}
-
-/// Increments the open-connections gauge while alive.
-#[derive(Debug)]
-pub struct OpenConnectionGuard(prometheus::IntGauge);
-
-impl OpenConnectionGuard {
-    pub fn new(gauge: &prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for OpenConnectionGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// pingora's TLS accept callbacks: count handshakes and attach [`ConnectionInfo`].
@@ -94,7 +75,6 @@ impl TlsAccept for HandshakeCallbacks {
         Some(Arc::new(ConnectionInfo {
             server_name: tls.server_name().map(Into::into),
             version,
-            _open: OpenConnectionGuard::new(&self.metrics.open_connections),
         }))
     }
 }

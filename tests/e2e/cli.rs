@@ -105,6 +105,38 @@ fn bad_configuration_is_reported_with_field_paths() {
 }
 
 #[test]
+fn a_taken_port_stops_pylon_naming_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let free = || {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let (http, admin) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pylon.toml");
+    std::fs::write(
+        &config,
+        format!("[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = pylon(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--manifests",
+        dir.path().to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port} (https)")),
+        "{err}"
+    );
+}
+
+#[test]
 fn version_is_printed() {
     let (code, out, _) = pylon(&["version"]);
     assert_eq!(code, 0);

@@ -1,0 +1,239 @@
+//! pylon's listeners: they accept client connections, run the TLS handshake and hand each
+//! connection to [`ProxyApp`].
+//!
+//! pingora's own listening service runs each connection in a task whose future holds the TLS
+//! handshake inline, so the handshake's state (8.6 KiB) stays allocated for as long as the
+//! connection lives. Here the handshake runs in a box of its own that is freed when it ends: an
+//! idle connection's task holds a few pointers. The sockets are bound before the server starts,
+//! so a port that is taken stops pylon with a clear error, and `/readyz` knows when the accept
+//! loops run. The accept loop is also where the PROXY protocol and per-client limits belong.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, error, warn};
+
+use super::ProxyApp;
+use crate::admin::Health;
+use crate::metrics::Metrics;
+
+/// How long a client may take to complete its TLS handshake (nginx and pingora allow 60 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pending connections the kernel queues per listener; Linux caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 65535;
+
+/// How long the accept loop pauses when the process is out of file descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A bound listening socket, plain HTTP or TLS.
+pub struct Listener {
+    name: &'static str,
+    socket: std::net::TcpListener,
+    tls: Option<Arc<Acceptor>>,
+}
+
+impl Listener {
+    /// Binds `addr` (with `SO_REUSEADDR`, as servers do) and starts listening; connections
+    /// wait in the kernel's queue until the proxy service accepts them.
+    pub fn bind(name: &'static str, addr: SocketAddr) -> std::io::Result<Self> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            name,
+            socket: socket.into(),
+            tls: None,
+        })
+    }
+
+    /// Makes this a TLS listener.
+    pub fn tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = Some(Arc::new(settings.build()));
+        self
+    }
+}
+
+/// The pingora service that runs the listeners' accept loops on the proxy's runtime.
+pub struct ProxyService {
+    app: Option<ProxyApp>,
+    listeners: Vec<Listener>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl ProxyService {
+    pub fn new(app: ProxyApp, listeners: Vec<Listener>, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        Self {
+            app: Some(app),
+            listeners,
+            metrics,
+            health,
+        }
+    }
+}
+
+#[async_trait]
+impl Service for ProxyService {
+    async fn start_service(&mut self, _fds: Option<ListenFds>, shutdown: ShutdownWatch, _per_fd: usize) {
+        let Some(app) = self.app.take() else {
+            return;
+        };
+        let app = Arc::new(app);
+        let mut loops = Vec::new();
+        for listener in std::mem::take(&mut self.listeners) {
+            let socket = match TcpListener::from_std(listener.socket) {
+                Ok(socket) => socket,
+                Err(e) => {
+                    error!(listener = listener.name, error = %e, "cannot register the listener; it accepts nothing");
+                    continue;
+                }
+            };
+            let accept = AcceptLoop {
+                name: listener.name,
+                tls: listener.tls,
+                app: app.clone(),
+                metrics: self.metrics.clone(),
+                shutdown: shutdown.clone(),
+            };
+            loops.push(tokio::spawn(accept.run(socket)));
+        }
+        self.health.mark_listening();
+        for accept in loops {
+            let _ = accept.await;
+        }
+        // The listeners are closed: wake requests that wait inside pingora.
+        app.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        "pylon proxy"
+    }
+}
+
+/// One listener's accept loop, until shutdown.
+struct AcceptLoop {
+    name: &'static str,
+    tls: Option<Arc<Acceptor>>,
+    app: Arc<ProxyApp>,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownWatch,
+}
+
+impl AcceptLoop {
+    async fn run(mut self, socket: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = socket.accept() => accepted,
+                changed = self.shutdown.changed() => match changed {
+                    Ok(()) if !*self.shutdown.borrow() => continue,
+                    _ => break,
+                },
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let connection = Connection {
+                        tls: self.tls.clone(),
+                        app: self.app.clone(),
+                        metrics: self.metrics.clone(),
+                        shutdown: self.shutdown.clone(),
+                    };
+                    tokio::spawn(connection.serve(tcp, peer));
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    warn!(listener = self.name, error = %e, "cannot accept connections; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                // A connection reset before it was accepted, and the like: nothing to do.
+                Err(e) => debug!(listener = self.name, error = %e, "accept failed"),
+            }
+        }
+        debug!(listener = self.name, "listener closed");
+    }
+}
+
+/// `accept` errors that repeat until something is freed (busy-looping on them would not help).
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    )
+}
+
+/// What a connection's task needs. The task's future holds this, the peer address and a
+/// pointer to whichever boxed future runs: the handshake, then [`ProxyApp`]'s.
+struct Connection {
+    tls: Option<Arc<Acceptor>>,
+    app: Arc<ProxyApp>,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownWatch,
+}
+
+impl Connection {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+        let _open = OpenConnectionGuard::new(&self.metrics.open_connections);
+        // Responses are written whole; waiting for more to send only adds latency.
+        let _ = tcp.set_nodelay(true);
+        let mut l4 = L4Stream::from(tcp);
+        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        l4.set_socket_digest(digest);
+        let stream: Stream = match &self.tls {
+            None => Box::new(l4),
+            Some(acceptor) => {
+                let handshake = Box::pin(tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    acceptor.tls_handshake(l4),
+                ));
+                match handshake.await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => {
+                        self.metrics.tls_handshake_failures.inc();
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        self.metrics.tls_handshake_failures.inc();
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
+        let mut next = Some(stream);
+        while let Some(stream) = next {
+            next = ServerApp::process_new(&self.app, stream, &self.shutdown).await;
+        }
+    }
+}
+
+/// Increments the open-connections gauge while alive.
+#[derive(Debug)]
+struct OpenConnectionGuard(prometheus::IntGauge);
+
+impl OpenConnectionGuard {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
