@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, error, warn};
 
 use super::ProxyApp;
+use super::coalesce::Coalesced;
 use crate::admin::Health;
 use crate::metrics::Metrics;
 
@@ -192,12 +193,13 @@ impl Connection {
         let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
         let _ = digest.peer_addr.set(Some(peer.into()));
         l4.set_socket_digest(digest);
+        let socket = Coalesced::new(l4);
         let stream: Stream = match &self.tls {
-            None => Box::new(l4),
+            None => Box::new(socket),
             Some(acceptor) => {
                 let handshake = Box::pin(tokio::time::timeout(
                     HANDSHAKE_TIMEOUT,
-                    acceptor.tls_handshake(l4),
+                    acceptor.tls_handshake(socket),
                 ));
                 match handshake.await {
                     Ok(Ok(tls)) => Box::new(tls),

@@ -2,6 +2,7 @@
 //! the current snapshot once (an `ArcSwap` load and hash lookups) and never waits on the
 //! control plane.
 
+mod coalesce;
 mod connection;
 mod headers;
 mod listener;
