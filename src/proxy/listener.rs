@@ -95,11 +95,13 @@ impl Service for ProxyService {
         };
         let app = Arc::new(app);
         let mut loops = Vec::new();
+        let mut all_open = true;
         for listener in std::mem::take(&mut self.listeners) {
             let socket = match TcpListener::from_std(listener.socket) {
                 Ok(socket) => socket,
                 Err(e) => {
-                    error!(listener = listener.name, error = %e, "cannot register the listener; it accepts nothing");
+                    error!(listener = listener.name, error = %e, "cannot register the listener; it accepts nothing and /readyz stays false");
+                    all_open = false;
                     continue;
                 }
             };
@@ -112,7 +114,9 @@ impl Service for ProxyService {
             };
             loops.push(tokio::spawn(accept.run(socket)));
         }
-        self.health.mark_listening();
+        if all_open {
+            self.health.mark_listening();
+        }
         for accept in loops {
             let _ = accept.await;
         }
