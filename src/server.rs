@@ -103,7 +103,7 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         bind("http", config.listen.http)?,
         bind("https", config.listen.https)?,
     );
-    // Fail with a clear message now rather than inside pingora's listener setup.
+    // The admin listener is pingora's: check its address now, for a clear message.
     bind("admin", config.listen.admin)?;
 
     let health = Arc::new(Health::default());

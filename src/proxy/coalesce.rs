@@ -42,7 +42,7 @@ impl Coalesced {
         }
     }
 
-    /// Writes out what waits; frees the buffer once it is empty.
+    /// Writes out what waits.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
             let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
@@ -51,7 +51,6 @@ impl Coalesced {
             }
             self.pending.drain(..written);
         }
-        self.pending = Vec::new();
         Poll::Ready(Ok(()))
     }
 
@@ -71,6 +70,9 @@ impl Coalesced {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
         if self.pending.len() + total <= GATHER_LIMIT {
             return Poll::Ready(Ok(self.gather(bufs, total)));
         }
@@ -121,6 +123,8 @@ impl AsyncWrite for Coalesced {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
+        // The response is out: an idle connection holds no buffer.
+        this.pending = Vec::new();
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
