@@ -107,10 +107,12 @@ impl Service for ProxyService {
             };
             let accept = AcceptLoop {
                 name: listener.name,
-                tls: listener.tls,
-                app: app.clone(),
-                metrics: self.metrics.clone(),
-                shutdown: shutdown.clone(),
+                connection: Connection {
+                    tls: listener.tls,
+                    app: app.clone(),
+                    metrics: self.metrics.clone(),
+                    shutdown: shutdown.clone(),
+                },
             };
             loops.push(tokio::spawn(accept.run(socket)));
         }
@@ -132,31 +134,24 @@ impl Service for ProxyService {
 /// One listener's accept loop, until shutdown.
 struct AcceptLoop {
     name: &'static str,
-    tls: Option<Arc<Acceptor>>,
-    app: Arc<ProxyApp>,
-    metrics: Arc<Metrics>,
-    shutdown: ShutdownWatch,
+    /// What each accepted connection's task is given (a copy).
+    connection: Connection,
 }
 
 impl AcceptLoop {
-    async fn run(mut self, socket: TcpListener) {
+    async fn run(self, socket: TcpListener) {
+        let mut shutdown = self.connection.shutdown.clone();
         loop {
             let accepted = tokio::select! {
                 accepted = socket.accept() => accepted,
-                changed = self.shutdown.changed() => match changed {
-                    Ok(()) if !*self.shutdown.borrow() => continue,
+                changed = shutdown.changed() => match changed {
+                    Ok(()) if !*shutdown.borrow() => continue,
                     _ => break,
                 },
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    let connection = Connection {
-                        tls: self.tls.clone(),
-                        app: self.app.clone(),
-                        metrics: self.metrics.clone(),
-                        shutdown: self.shutdown.clone(),
-                    };
-                    tokio::spawn(connection.serve(tcp, peer));
+                    tokio::spawn(self.connection.clone().serve(tcp, peer));
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
                     warn!(listener = self.name, error = %e, "cannot accept connections; pausing");
@@ -181,6 +176,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 
 /// What a connection's task needs. The task's future holds this, the peer address and a
 /// pointer to whichever boxed future runs: the handshake, then [`ProxyApp`]'s.
+#[derive(Clone)]
 struct Connection {
     tls: Option<Arc<Acceptor>>,
     app: Arc<ProxyApp>,
