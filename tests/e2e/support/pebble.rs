@@ -114,7 +114,7 @@ impl Pebble {
         // Its management listener accepting is the sign that it has started (its DNS server
         // starts alongside).
         wait_for(dns_management, "pebble-challtestsrv did not start", || p.logs());
-        p.start_pebble();
+        p.start_pebble(true);
         p
     }
 
@@ -124,7 +124,41 @@ impl Pebble {
             .unwrap_or_else(|_| Stdio::null())
     }
 
-    fn start_pebble(&mut self) {
+    /// Starts Pebble. Its ports were free when picked but another test may have taken one
+    /// since; then, if it `may_move` (on first start, before anyone knows its address), it is
+    /// started again on new ports.
+    fn start_pebble(&mut self, may_move: bool) {
+        for _ in 0..3 {
+            self.spawn_pebble();
+            let started = [self.acme, self.management].into_iter().all(|addr| {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while std::net::TcpStream::connect(addr).is_err() {
+                    if Instant::now() > deadline || self.logs().contains("address already in use") {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                true
+            });
+            if started || !may_move || !self.logs().contains("address already in use") {
+                break;
+            }
+            self.stop();
+            (self.acme, self.management) = (free_addr(), free_addr());
+            let mut config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&self.config).expect("read config"))
+                    .expect("config");
+            config["pebble"]["listenAddress"] = self.acme.to_string().into();
+            config["pebble"]["managementListenAddress"] = self.management.to_string().into();
+            std::fs::write(&self.config, config.to_string()).expect("write config");
+        }
+        // Pebble opens its ACME and management listeners independently: wait for both.
+        for addr in [self.acme, self.management] {
+            wait_for(addr, "pebble did not start", || self.logs());
+        }
+    }
+
+    fn spawn_pebble(&mut self) {
         let child = Command::new("pebble")
             .arg("-config")
             .arg(&self.config)
@@ -138,10 +172,6 @@ impl Pebble {
             .spawn()
             .expect("start pebble (apt-get install pebble)");
         self.pebble = Some(child);
-        // Pebble opens its ACME and management listeners independently: wait for both.
-        for addr in [self.acme, self.management] {
-            wait_for(addr, "pebble did not start", || self.logs());
-        }
     }
 
     /// Stops Pebble (its DNS server keeps running).
@@ -156,7 +186,7 @@ impl Pebble {
     /// root and knows no accounts.
     pub fn restart(&mut self) {
         self.stop();
-        self.start_pebble();
+        self.start_pebble(false);
     }
 
     pub fn directory(&self) -> String {
