@@ -62,6 +62,8 @@ pub enum Error {
     },
     #[error("cannot generate the default certificate: {0}")]
     DefaultCertificate(#[from] crate::tls::Error),
+    #[error("cannot set up TLS session resumption: {0}")]
+    SessionResumption(#[from] rustls::Error),
     #[error("cannot configure the Kubernetes client: {0}")]
     Kubernetes(String),
 }
@@ -167,7 +169,10 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         .expect("TLS settings without files cannot fail");
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
-    let listeners = vec![https_listener.tls(tls), http_listener];
+    let listeners = vec![
+        https_listener.tls(tls, config.tls.session_resumption)?,
+        http_listener,
+    ];
     server.add_service(ProxyService::new(app, listeners, metrics.clone(), health.clone()));
 
     let mut admin = Service::new(

@@ -566,6 +566,8 @@ https-redirect-port = {port}
 [proxy]
 threads = 1
 client-keepalive-timeout = "300s"
+[tls]
+session-resumption = false
 [shutdown]
 delay = "0s"
 drain-timeout = "1s"

@@ -10,7 +10,7 @@ use crate::routing::host::is_dns_label;
 
 use super::{
     AcmeConfig, ByteSize, Config, DEFAULT_CONTROLLER, FieldError, IngressConfig, KubernetesConfig, Listen,
-    LogConfig, LogFormat, Manifests, Overrides, ProxyConfig, Shutdown,
+    LogConfig, LogFormat, Manifests, Overrides, ProxyConfig, Shutdown, TlsConfig,
 };
 
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub ingress: IngressFile,
     #[serde(default)]
     pub proxy: ProxyFile,
+    #[serde(default)]
+    pub tls: TlsFile,
     #[serde(default)]
     pub shutdown: ShutdownFile,
     #[serde(default)]
@@ -118,6 +120,12 @@ pub struct ProxyFile {
     pub connect_retries: Option<i64>,
     pub max_request_header_size: Option<ByteSize>,
     pub max_request_body_size: Option<ByteSize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsFile {
+    pub session_resumption: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -250,6 +258,9 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
 
     let ingress = build_ingress(&mut c, file.ingress);
     let proxy = build_proxy(&mut c, file.proxy);
+    let tls = TlsConfig {
+        session_resumption: file.tls.session_resumption.unwrap_or(true),
+    };
 
     let shutdown = Shutdown {
         delay: c.duration(
@@ -291,6 +302,7 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
             manifests,
             ingress,
             proxy,
+            tls,
             shutdown,
             log,
             acme,
@@ -562,6 +574,19 @@ mod tests {
         assert_eq!(c.proxy.max_request_body_bytes, 1024 * 1024);
         assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(20));
         assert!(c.proxy.threads >= 1);
+        assert!(c.tls.session_resumption);
+    }
+
+    #[test]
+    fn session_resumption_is_a_boolean() {
+        assert!(
+            !build_str("[tls]\nsession-resumption = false\n")
+                .expect("valid")
+                .tls
+                .session_resumption
+        );
+        let err = FileConfig::parse("[tls]\nsession-resumption = \"off\"\n").expect_err("not a boolean");
+        assert!(err.contains("session-resumption"), "{err}");
     }
 
     #[test]

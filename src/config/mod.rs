@@ -24,6 +24,7 @@ pub struct Config {
     pub manifests: Manifests,
     pub ingress: IngressConfig,
     pub proxy: ProxyConfig,
+    pub tls: TlsConfig,
     pub shutdown: Shutdown,
     pub log: LogConfig,
     pub acme: AcmeConfig,
@@ -112,6 +113,13 @@ pub struct ProxyConfig {
     pub max_request_header_bytes: usize,
     /// Request body; larger requests get 413. Zero means no limit.
     pub max_request_body_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsConfig {
+    /// Let clients resume TLS sessions: stateless tickets (TLS 1.3 and 1.2) and a session cache
+    /// (TLS 1.2 session IDs). Off: every connection makes a full handshake.
+    pub session_resumption: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

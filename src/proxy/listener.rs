@@ -61,10 +61,13 @@ impl Listener {
         })
     }
 
-    /// Makes this a TLS listener.
-    pub fn tls(mut self, settings: TlsSettings) -> Self {
-        self.tls = Some(Arc::new(settings.build()));
-        self
+    /// Makes this a TLS listener; `session_resumption` as in
+    /// [`set_session_resumption`](crate::tls::set_session_resumption).
+    pub fn tls(mut self, settings: TlsSettings, session_resumption: bool) -> Result<Self, rustls::Error> {
+        let mut acceptor = settings.build();
+        crate::tls::set_session_resumption(&mut acceptor, session_resumption)?;
+        self.tls = Some(Arc::new(acceptor));
+        Ok(self)
     }
 }
 

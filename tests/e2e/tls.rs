@@ -232,3 +232,95 @@ async fn a_configured_default_certificate_replaces_the_self_signed_one() {
         .0;
     assert_eq!(resp.status, 404, "no route, but TLS works");
 }
+
+/// A client resumes its TLS session on a later connection even after hundreds of other
+/// connections (pylon issues session tickets; rustls's default cache keeps only 256 sessions),
+/// on TLS 1.3 and TLS 1.2, and the resumed connection serves requests. With
+/// `tls.session-resumption = false` every connection makes a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_after_hundreds_of_other_connections() {
+    use tokio_rustls::rustls::{HandshakeKind, version};
+
+    let up = Upstream::start("up");
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["secure.test"]);
+    let app = secure_app(&up);
+    let pylon = Pylon::start(&[("app.yaml", &app), ("secret.yaml", &tls_secret("secure", &leaf))]);
+
+    for (name, versions) in [("TLS 1.3", &[&version::TLS13]), ("TLS 1.2", &[&version::TLS12])] {
+        let client = TlsClient::trusting_versions(&ca.pem, H2_H1, versions).resuming();
+        let (tls, _) = client.connect(pylon.https, "secure.test").await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Full),
+            "{name}"
+        );
+        // The request reads the TLS 1.3 tickets that follow the handshake.
+        let resp = TlsClient::send(
+            tls,
+            "secure.test",
+            crate::support::client::get("secure.test", "/"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status, 200, "{name}");
+
+        // Other clients' full handshakes: 300 sessions (600 TLS 1.3 tickets) would push the
+        // first client's session out of a 256-entry cache. pylon reads each client's Finished
+        // (and makes its tickets) before it sees the connection close.
+        let others = TlsClient::trusting_versions(&ca.pem, H2_H1, versions);
+        for _ in 0..300 {
+            let (tls, _) = others.connect(pylon.https, "secure.test").await.unwrap();
+            assert_eq!(
+                tls.get_ref().1.handshake_kind(),
+                Some(HandshakeKind::Full),
+                "{name}"
+            );
+        }
+
+        let (tls, _) = client.connect(pylon.https, "secure.test").await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{name}: the first session resumes"
+        );
+        let resp = TlsClient::send(
+            tls,
+            "secure.test",
+            crate::support::client::get("secure.test", "/"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status, 200, "{name}");
+        assert_eq!(resp.header("x-upstream"), Some("up"), "{name}");
+    }
+    drop(pylon);
+
+    // tls.session-resumption = false: no tickets, no cache, every handshake is full.
+    let pylon = Pylon::start_with(
+        &[("app.yaml", &app), ("secret.yaml", &tls_secret("secure", &leaf))],
+        crate::support::pylon::Options {
+            extra_config: "[tls]\nsession-resumption = false\n".into(),
+            ..Default::default()
+        },
+    );
+    for (name, versions) in [("TLS 1.3", &[&version::TLS13]), ("TLS 1.2", &[&version::TLS12])] {
+        let client = TlsClient::trusting_versions(&ca.pem, H2_H1, versions).resuming();
+        for _ in 0..2 {
+            let (tls, _) = client.connect(pylon.https, "secure.test").await.unwrap();
+            assert_eq!(
+                tls.get_ref().1.handshake_kind(),
+                Some(HandshakeKind::Full),
+                "{name}"
+            );
+            let resp = TlsClient::send(
+                tls,
+                "secure.test",
+                crate::support::client::get("secure.test", "/"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(resp.status, 200, "{name}");
+        }
+    }
+}

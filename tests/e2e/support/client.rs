@@ -104,15 +104,26 @@ pub struct TlsClient {
 
 impl TlsClient {
     pub fn trusting(ca_pem: &str, alpn: &[&[u8]]) -> Self {
+        Self::trusting_versions(ca_pem, alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// Offers only `versions` (e.g. `&[&rustls::version::TLS12]`).
+    pub fn trusting_versions(
+        ca_pem: &str,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Self {
         let mut roots = RootCertStore::empty();
         for cert in rustls_pemfile_certs(ca_pem) {
             roots.add(cert).expect("CA certificate");
         }
-        Self::build(alpn, |b| b.with_root_certificates(roots).with_no_client_auth())
+        Self::build(alpn, versions, |b| {
+            b.with_root_certificates(roots).with_no_client_auth()
+        })
     }
 
     pub fn insecure(alpn: &[&[u8]]) -> Self {
-        Self::build(alpn, |b| {
+        Self::build(alpn, rustls::DEFAULT_VERSIONS, |b| {
             b.dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnything))
                 .with_no_client_auth()
@@ -121,10 +132,11 @@ impl TlsClient {
 
     fn build(
         alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
         verify: impl FnOnce(rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>) -> ClientConfig,
     ) -> Self {
         let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("protocol versions");
         let mut config = verify(builder);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -134,6 +146,12 @@ impl TlsClient {
         Self {
             config: Arc::new(config),
         }
+    }
+
+    /// Keeps the sessions (tickets) servers hand out and resumes them on later connections.
+    pub fn resuming(mut self) -> Self {
+        Arc::make_mut(&mut self.config).resumption = rustls::client::Resumption::in_memory_sessions(64);
+        self
     }
 
     /// Connects with `sni` (an IP address sends no SNI) and returns the TLS stream and the
@@ -166,6 +184,16 @@ impl TlsClient {
         req: http::Request<Full<Bytes>>,
     ) -> Result<(Response, PeerCert), Error> {
         let (tls, cert) = self.connect(addr, sni).await?;
+        Ok((Self::send(tls, sni, req).await?, cert))
+    }
+
+    /// One request on a connection made by [`connect`](Self::connect); HTTP/2 if the server
+    /// selected it by ALPN.
+    pub async fn send(
+        tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        sni: &str,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<Response, Error> {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         let resp = if h2 {
@@ -190,7 +218,7 @@ impl TlsClient {
             tokio::spawn(conn);
             collect(send.send_request(req).await?).await?
         };
-        Ok((resp, cert))
+        Ok(resp)
     }
 
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Result<(Response, PeerCert), Error> {
