@@ -90,6 +90,7 @@ pub struct Metrics {
     pub tls_client_hellos: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    pub tls_session_tickets_accepted: IntCounter,
     pub certificate_not_after: GaugeVec,
     pub config_reloads: IntCounter,
     pub config_last_reload: prometheus::Gauge,
@@ -214,6 +215,10 @@ impl Metrics {
             tls_handshake_failures: counter(
                 "pylon_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out",
+            ),
+            tls_session_tickets_accepted: counter(
+                "pylon_tls_session_tickets_accepted_total",
+                "Session tickets presented by clients that decrypted under a current key (resumed sessions)",
             ),
             certificate_not_after,
             config_reloads: counter("pylon_config_reloads_total", "Configuration snapshots published"),

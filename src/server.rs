@@ -170,7 +170,7 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
     let listeners = vec![
-        https_listener.tls(tls, config.tls.session_resumption)?,
+        https_listener.tls(tls, config.tls.session_resumption, &metrics)?,
         http_listener,
     ];
     server.add_service(ProxyService::new(app, listeners, metrics.clone(), health.clone()));

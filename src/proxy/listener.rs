@@ -63,9 +63,18 @@ impl Listener {
 
     /// Makes this a TLS listener; `session_resumption` as in
     /// [`set_session_resumption`](crate::tls::set_session_resumption).
-    pub fn tls(mut self, settings: TlsSettings, session_resumption: bool) -> Result<Self, rustls::Error> {
+    pub fn tls(
+        mut self,
+        settings: TlsSettings,
+        session_resumption: bool,
+        metrics: &Metrics,
+    ) -> Result<Self, rustls::Error> {
         let mut acceptor = settings.build();
-        crate::tls::set_session_resumption(&mut acceptor, session_resumption)?;
+        crate::tls::set_session_resumption(
+            &mut acceptor,
+            session_resumption,
+            metrics.tls_session_tickets_accepted.clone(),
+        )?;
         self.tls = Some(Arc::new(acceptor));
         Ok(self)
     }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use pingora::listeners::tls::Acceptor;
 use pingora::tls::TlsAcceptor;
+use prometheus::IntCounter;
+use rustls::server::ProducesTickets;
 
 /// Sets how clients resume TLS sessions on `acceptor` (`tls.session-resumption`).
 ///
@@ -28,14 +30,52 @@ use pingora::tls::TlsAcceptor;
 /// without ticket support keep rustls's session cache.
 ///
 /// Off: no tickets and no cache; every connection makes a full handshake.
-pub fn set_session_resumption(acceptor: &mut Acceptor, enabled: bool) -> Result<(), rustls::Error> {
+///
+/// `tickets_accepted` counts the tickets clients present that decrypt: resumed sessions.
+pub fn set_session_resumption(
+    acceptor: &mut Acceptor,
+    enabled: bool,
+    tickets_accepted: IntCounter,
+) -> Result<(), rustls::Error> {
     let mut config = (**acceptor.acceptor.config()).clone();
     if enabled {
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.ticketer = Arc::new(CountedTickets {
+            inner: rustls::crypto::ring::Ticketer::new()?,
+            accepted: tickets_accepted,
+        });
     } else {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
     acceptor.acceptor = TlsAcceptor::from(Arc::new(config));
     Ok(())
+}
+
+/// rustls's ticketer, counting the tickets that decrypt.
+#[derive(Debug)]
+struct CountedTickets {
+    inner: Arc<dyn ProducesTickets>,
+    accepted: IntCounter,
+}
+
+impl ProducesTickets for CountedTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher);
+        if plain.is_some() {
+            self.accepted.inc();
+        }
+        plain
+    }
 }

@@ -294,6 +294,11 @@ async fn sessions_resume_after_hundreds_of_other_connections() {
         assert_eq!(resp.status, 200, "{name}");
         assert_eq!(resp.header("x-upstream"), Some("up"), "{name}");
     }
+    assert_eq!(
+        pylon.metric("pylon_tls_session_tickets_accepted_total"),
+        2.0,
+        "one resumed session per version"
+    );
     drop(pylon);
 
     // tls.session-resumption = false: no tickets, no cache, every handshake is full.
@@ -323,4 +328,5 @@ async fn sessions_resume_after_hundreds_of_other_connections() {
             assert_eq!(resp.status, 200, "{name}");
         }
     }
+    assert_eq!(pylon.metric("pylon_tls_session_tickets_accepted_total"), 0.0);
 }
