@@ -241,21 +241,11 @@ async fn a_configured_default_certificate_replaces_the_self_signed_one() {
 async fn sessions_resume_after_hundreds_of_other_connections() {
     use tokio_rustls::rustls::{HandshakeKind, version};
 
-    let up = Upstream::start("up");
-    let ca = TestCa::new();
-    let leaf = ca.issue(&["secure.test"]);
-    let app = secure_app(&up);
-    let pylon = Pylon::start(&[("app.yaml", &app), ("secret.yaml", &tls_secret("secure", &leaf))]);
-
-    for (name, versions) in [("TLS 1.3", &[&version::TLS13]), ("TLS 1.2", &[&version::TLS12])] {
-        let client = TlsClient::trusting_versions(&ca.pem, H2_H1, versions).resuming();
-        let (tls, _) = client.connect(pylon.https, "secure.test").await.unwrap();
-        assert_eq!(
-            tls.get_ref().1.handshake_kind(),
-            Some(HandshakeKind::Full),
-            "{name}"
-        );
-        // The request reads the TLS 1.3 tickets that follow the handshake.
+    /// One GET on a new connection (reading the TLS 1.3 tickets that follow the handshake);
+    /// returns how the handshake went.
+    async fn get_on_new_connection(client: &TlsClient, addr: std::net::SocketAddr) -> Option<HandshakeKind> {
+        let (tls, _) = client.connect(addr, "secure.test").await.unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
         let resp = TlsClient::send(
             tls,
             "secure.test",
@@ -263,7 +253,26 @@ async fn sessions_resume_after_hundreds_of_other_connections() {
         )
         .await
         .unwrap();
-        assert_eq!(resp.status, 200, "{name}");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-upstream"), Some("up"));
+        kind
+    }
+
+    let up = Upstream::start("up");
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["secure.test"]);
+    let app = secure_app(&up);
+    let manifests = [
+        ("app.yaml", app.as_str()),
+        ("secret.yaml", &tls_secret("secure", &leaf)),
+    ];
+    let versions = [("TLS 1.3", &[&version::TLS13]), ("TLS 1.2", &[&version::TLS12])];
+    let pylon = Pylon::start(&manifests);
+
+    for (name, versions) in versions {
+        let client = TlsClient::trusting_versions(&ca.pem, H2_H1, versions).resuming();
+        let first = get_on_new_connection(&client, pylon.https).await;
+        assert_eq!(first, Some(HandshakeKind::Full), "{name}");
 
         // Other clients' full handshakes: 300 sessions (600 TLS 1.3 tickets) would push the
         // first client's session out of a 256-entry cache. pylon reads each client's Finished
@@ -278,21 +287,12 @@ async fn sessions_resume_after_hundreds_of_other_connections() {
             );
         }
 
-        let (tls, _) = client.connect(pylon.https, "secure.test").await.unwrap();
+        let again = get_on_new_connection(&client, pylon.https).await;
         assert_eq!(
-            tls.get_ref().1.handshake_kind(),
+            again,
             Some(HandshakeKind::Resumed),
             "{name}: the first session resumes"
         );
-        let resp = TlsClient::send(
-            tls,
-            "secure.test",
-            crate::support::client::get("secure.test", "/"),
-        )
-        .await
-        .unwrap();
-        assert_eq!(resp.status, 200, "{name}");
-        assert_eq!(resp.header("x-upstream"), Some("up"), "{name}");
     }
     assert_eq!(
         pylon.metric("pylon_tls_session_tickets_accepted_total"),
@@ -303,29 +303,17 @@ async fn sessions_resume_after_hundreds_of_other_connections() {
 
     // tls.session-resumption = false: no tickets, no cache, every handshake is full.
     let pylon = Pylon::start_with(
-        &[("app.yaml", &app), ("secret.yaml", &tls_secret("secure", &leaf))],
+        &manifests,
         crate::support::pylon::Options {
             extra_config: "[tls]\nsession-resumption = false\n".into(),
             ..Default::default()
         },
     );
-    for (name, versions) in [("TLS 1.3", &[&version::TLS13]), ("TLS 1.2", &[&version::TLS12])] {
+    for (name, versions) in versions {
         let client = TlsClient::trusting_versions(&ca.pem, H2_H1, versions).resuming();
         for _ in 0..2 {
-            let (tls, _) = client.connect(pylon.https, "secure.test").await.unwrap();
-            assert_eq!(
-                tls.get_ref().1.handshake_kind(),
-                Some(HandshakeKind::Full),
-                "{name}"
-            );
-            let resp = TlsClient::send(
-                tls,
-                "secure.test",
-                crate::support::client::get("secure.test", "/"),
-            )
-            .await
-            .unwrap();
-            assert_eq!(resp.status, 200, "{name}");
+            let kind = get_on_new_connection(&client, pylon.https).await;
+            assert_eq!(kind, Some(HandshakeKind::Full), "{name}");
         }
     }
     assert_eq!(pylon.metric("pylon_tls_session_tickets_accepted_total"), 0.0);
