@@ -91,6 +91,7 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     pub tls_session_tickets_accepted: IntCounter,
+    pub tls_session_ticket_shared_keys: IntGauge,
     pub certificate_not_after: GaugeVec,
     pub config_reloads: IntCounter,
     pub config_last_reload: prometheus::Gauge,
@@ -219,6 +220,10 @@ impl Metrics {
             tls_session_tickets_accepted: counter(
                 "pylon_tls_session_tickets_accepted_total",
                 "Session tickets presented by clients that decrypted under a current key (resumed sessions)",
+            ),
+            tls_session_ticket_shared_keys: gauge(
+                "pylon_tls_session_ticket_shared_keys",
+                "Session-ticket keys read from the Secret shared by the replicas (0: this replica's own keys only)",
             ),
             certificate_not_after,
             config_reloads: counter("pylon_config_reloads_total", "Configuration snapshots published"),

@@ -30,6 +30,7 @@ use crate::cluster::events::Events;
 use crate::cluster::lease::LeaseLock;
 use crate::cluster::secrets::KubeStore;
 use crate::cluster::status::{Publish, StatusWriter};
+use crate::cluster::tickets::TicketKeySecret;
 use crate::config::{Config, KubernetesConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
@@ -37,7 +38,7 @@ use crate::proxy::{InFlight, Listener, Proxy, ProxyApp, ProxyService};
 use crate::snapshot::Published;
 use crate::source::files::FilesSource;
 use crate::source::{ObjectKey, World};
-use crate::tls::{HandshakeCallbacks, SniResolver};
+use crate::tls::{HandshakeCallbacks, SessionTickets, SniResolver};
 use crate::translate::Settings;
 
 /// The name in pylon's self-signed default certificate.
@@ -169,10 +170,16 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
         .expect("TLS settings without files cannot fail");
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
     tls.enable_h2();
-    let listeners = vec![
-        https_listener.tls(tls, config.tls.session_resumption, &metrics)?,
-        http_listener,
-    ];
+    let tickets = if config.tls.session_resumption {
+        Some(Arc::new(SessionTickets::new(
+            config.tls.session_ticket_rotation,
+            metrics.tls_session_tickets_accepted.clone(),
+            metrics.tls_session_ticket_shared_keys.clone(),
+        )?))
+    } else {
+        None
+    };
+    let listeners = vec![https_listener.tls(tls, tickets.clone()), http_listener];
     server.add_service(ProxyService::new(app, listeners, metrics.clone(), health.clone()));
 
     let mut admin = Service::new(
@@ -191,6 +198,7 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
             published,
             metrics,
             options,
+            tickets,
         }))),
     ));
 
@@ -239,6 +247,7 @@ struct Cluster {
     lease_duration: Duration,
     identity: String,
     publish: Publish,
+    session_ticket_secret: Option<String>,
 }
 
 impl Cluster {
@@ -285,6 +294,7 @@ impl Cluster {
             lease_duration: config.lease_duration,
             identity,
             publish,
+            session_ticket_secret: config.session_ticket_secret.clone(),
         })
     }
 }
@@ -295,6 +305,8 @@ struct ControlParts {
     published: Published,
     metrics: Arc<Metrics>,
     options: manager::Options,
+    /// The HTTPS listener's session-ticket keys, shared with the other replicas in cluster mode.
+    tickets: Option<Arc<SessionTickets>>,
 }
 
 /// The source, the control loop, the ACME manager (and in cluster mode the lease, status and
@@ -325,6 +337,7 @@ impl BackgroundService for ControlTask {
             published,
             metrics,
             options,
+            tickets,
         }) = parts
         else {
             return;
@@ -376,8 +389,20 @@ impl BackgroundService for ControlTask {
                     metrics.clone(),
                     options,
                 )
-                .with_events(events);
+                .with_events(events.clone());
                 let status = StatusWriter::new(client.clone(), lease.clone(), cluster.publish);
+                let tickets_shutdown = shutdown.clone();
+                let shared_tickets = tickets.zip(cluster.session_ticket_secret).map(|(t, name)| {
+                    TicketKeySecret::new(
+                        client.clone(),
+                        &cluster.lease_namespace,
+                        &name,
+                        t,
+                        lease.clone(),
+                        events.clone(),
+                        metrics.rejections.clone(),
+                    )
+                });
                 let (work_manager, work_status) = (control.subscribe_work(), control.subscribe_work());
                 let (worlds_tx, worlds_rx) = watch::channel(Arc::new(World::default()));
                 info!(identity = %cluster.identity, lease = %cluster.lease_name, "reading objects from the Kubernetes API server");
@@ -392,6 +417,11 @@ impl BackgroundService for ControlTask {
                     control.run(worlds_rx, shutdown.clone()),
                     manager.run(work_manager, shutdown.clone()),
                     status.run(work_status, shutdown.clone()),
+                    async {
+                        if let Some(shared) = &shared_tickets {
+                            shared.run(tickets_shutdown).await;
+                        }
+                    },
                     lease.run(shutdown),
                     publisher.run(),
                 );

@@ -6,6 +6,7 @@ pub mod events;
 pub mod lease;
 pub mod secrets;
 pub mod status;
+pub mod tickets;
 
 /// The field manager of everything pylon applies.
 pub const FIELD_MANAGER: &str = "pylon";

@@ -34,6 +34,8 @@ pub const DEFAULT_CLUSTER_RESOURCE_NAMESPACE: &str = "pylon";
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+pub const DEFAULT_SESSION_TICKET_ROTATION: Duration = Duration::from_secs(6 * 3600);
+pub const DEFAULT_SESSION_TICKET_SECRET: &str = "pylon-session-tickets";
 
 /// `pylon.toml` as written. Every field is optional; unknown fields are an error.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -69,6 +71,7 @@ pub struct KubernetesFile {
     pub publish_status_addresses: Option<Vec<String>>,
     pub lease_name: Option<String>,
     pub lease_duration: Option<String>,
+    pub session_ticket_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -126,6 +129,7 @@ pub struct ProxyFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TlsFile {
     pub session_resumption: Option<bool>,
+    pub session_ticket_rotation: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -258,8 +262,17 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
 
     let ingress = build_ingress(&mut c, file.ingress);
     let proxy = build_proxy(&mut c, file.proxy);
+    let session_ticket_rotation = c.positive_duration(
+        "tls.session-ticket-rotation",
+        file.tls.session_ticket_rotation.as_deref(),
+        DEFAULT_SESSION_TICKET_ROTATION,
+    );
+    if session_ticket_rotation < Duration::from_secs(1) {
+        c.fail("tls.session-ticket-rotation", "must be at least 1s");
+    }
     let tls = TlsConfig {
         session_resumption: file.tls.session_resumption.unwrap_or(true),
+        session_ticket_rotation,
     };
 
     let shutdown = Shutdown {
@@ -418,6 +431,18 @@ fn build_kubernetes(c: &mut Check, file: KubernetesFile, o: &Overrides) -> Kuber
     if lease_duration < Duration::from_secs(3) {
         c.fail("kubernetes.lease-duration", "must be at least 3s");
     }
+    let session_ticket_secret = match file.session_ticket_secret {
+        None => Some(DEFAULT_SESSION_TICKET_SECRET.to_owned()),
+        Some(name) if name.is_empty() => None,
+        Some(name) if is_dns_subdomain(&name) => Some(name),
+        Some(name) => {
+            c.fail(
+                "kubernetes.session-ticket-secret",
+                format!("{name:?} is not an object name"),
+            );
+            None
+        }
+    };
     KubernetesConfig {
         enabled: o.kubernetes || file.enabled.unwrap_or(false),
         kubeconfig: o
@@ -430,6 +455,7 @@ fn build_kubernetes(c: &mut Check, file: KubernetesFile, o: &Overrides) -> Kuber
         publish_status_addresses,
         lease_name,
         lease_duration,
+        session_ticket_secret,
     }
 }
 
@@ -575,6 +601,44 @@ mod tests {
         assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(20));
         assert!(c.proxy.threads >= 1);
         assert!(c.tls.session_resumption);
+        assert_eq!(c.tls.session_ticket_rotation, Duration::from_secs(6 * 3600));
+        assert_eq!(
+            c.kubernetes.session_ticket_secret.as_deref(),
+            Some("pylon-session-tickets")
+        );
+    }
+
+    #[test]
+    fn session_ticket_settings_are_checked() {
+        let c = build_str(
+            "[tls]\nsession-ticket-rotation = \"90m\"\n[kubernetes]\nsession-ticket-secret = \"\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.tls.session_ticket_rotation, Duration::from_secs(90 * 60));
+        assert_eq!(
+            c.kubernetes.session_ticket_secret, None,
+            "\"\": each replica its own keys"
+        );
+        for (text, key) in [
+            (
+                "[tls]\nsession-ticket-rotation = \"500ms\"\n",
+                "tls.session-ticket-rotation",
+            ),
+            (
+                "[tls]\nsession-ticket-rotation = \"soon\"\n",
+                "tls.session-ticket-rotation",
+            ),
+            (
+                "[kubernetes]\nsession-ticket-secret = \"Tickets!\"\n",
+                "kubernetes.session-ticket-secret",
+            ),
+        ] {
+            let errors = build_str(text).expect_err(text);
+            assert!(
+                errors.iter().any(|e| e.to_string().contains(key)),
+                "{text}: {errors:?}"
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct KubernetesConfig {
     pub publish_status_addresses: Vec<String>,
     pub lease_name: String,
     pub lease_duration: Duration,
+    /// The Secret (in the pod's namespace) through which replicas share their session-ticket
+    /// keys; `None`: each replica keeps its own.
+    pub session_ticket_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +123,8 @@ pub struct TlsConfig {
     /// Let clients resume TLS sessions: stateless tickets (TLS 1.3 and 1.2) and a session cache
     /// (TLS 1.2 session IDs). Off: every connection makes a full handshake.
     pub session_resumption: bool,
+    /// How often the session-ticket key is replaced; a ticket lives twice as long.
+    pub session_ticket_rotation: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -27,6 +27,7 @@ use super::ProxyApp;
 use super::coalesce::Coalesced;
 use crate::admin::Health;
 use crate::metrics::Metrics;
+use crate::tls::SessionTickets;
 
 /// How long a client may take to complete its TLS handshake (nginx and pingora allow 60 s).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,22 +62,13 @@ impl Listener {
         })
     }
 
-    /// Makes this a TLS listener; `session_resumption` as in
+    /// Makes this a TLS listener; `tickets` as in
     /// [`set_session_resumption`](crate::tls::set_session_resumption).
-    pub fn tls(
-        mut self,
-        settings: TlsSettings,
-        session_resumption: bool,
-        metrics: &Metrics,
-    ) -> Result<Self, rustls::Error> {
+    pub fn tls(mut self, settings: TlsSettings, tickets: Option<Arc<SessionTickets>>) -> Self {
         let mut acceptor = settings.build();
-        crate::tls::set_session_resumption(
-            &mut acceptor,
-            session_resumption,
-            metrics.tls_session_tickets_accepted.clone(),
-        )?;
+        crate::tls::set_session_resumption(&mut acceptor, tickets);
         self.tls = Some(Arc::new(acceptor));
-        Ok(self)
+        self
     }
 }
 

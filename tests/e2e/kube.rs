@@ -1,6 +1,7 @@
 //! Cluster mode against a real kube-apiserver and etcd: routing from API objects, Ingress status,
 //! certificates stored as Secrets, one orderer per cluster via a Lease, API server outages,
-//! least-privilege RBAC from deploy/, and Events for bad objects.
+//! least-privilege RBAC from deploy/, Events for bad objects, and session-ticket keys shared by
+//! the replicas through a Secret.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use crate::support::kube_env::KubeEnv;
 use crate::support::pebble::{Pebble, PebbleOptions};
 use crate::support::pylon::{Options, Pylon};
 use crate::support::upstream::Upstream;
-use crate::support::{CLASS, IngressYaml, endpoint_slice, external_service, service};
+use crate::support::{CLASS, IngressYaml, TestCa, endpoint_slice, external_service, service, tls_secret};
 
 /// pylon in cluster mode, watching `namespace` (also where its Lease and ClusterIssuers'
 /// Secrets live).
@@ -541,6 +542,10 @@ async fn the_deploy_manifests_are_valid_and_their_rbac_is_enough() {
     }
     let lease = kubectl_json(env, &["get", "lease", "pylon-acme", "-n", "pylon"]);
     assert_eq!(lease["spec"]["holderIdentity"], "rbac-test");
+    // The session-ticket Secret is created in pylon's namespace and read back.
+    pylon.eventually(Duration::from_secs(15), "shared ticket keys", || {
+        pylon.metric("pylon_tls_session_ticket_shared_keys") == 1.0
+    });
     let log = pylon.stderr();
     assert!(
         !log.to_lowercase().contains("forbidden"),
@@ -631,4 +636,197 @@ async fn bad_objects_become_events_and_the_rest_serves() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(upstream_of(&pylon, "good.test").await, "app");
+}
+
+/// One GET on a new TLS connection to `addr` with `client` (reading the TLS 1.3 tickets that
+/// follow the handshake); returns how the handshake went.
+async fn resumed_on(client: &TlsClient, addr: std::net::SocketAddr) -> Option<rustls::HandshakeKind> {
+    let (tls, _) = client.connect(addr, "secure.test").await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind();
+    let resp = TlsClient::send(
+        tls,
+        "secure.test",
+        crate::support::client::get("secure.test", "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    kind
+}
+
+/// Waits until `secure.test` is served over HTTPS with a certificate from `ca`.
+async fn wait_for_https(pylon: &Pylon, ca: &TestCa) {
+    let client = TlsClient::trusting(&ca.pem, &[b"http/1.1"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get(pylon.https, "secure.test", "/").await {
+            Ok((r, _)) if r.status == 200 => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "secure.test: {:?}\n{}",
+                other.map(|(r, _)| r.status),
+                pylon.stderr()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The session-ticket Secret's key entries, oldest first.
+fn ticket_keys(env: &KubeEnv, ns: &str) -> Vec<String> {
+    let (code, out, _) = env.kubectl(
+        &["get", "secret", "pylon-session-tickets", "-n", ns, "-o", "json"],
+        None,
+    );
+    if code != 0 {
+        return Vec::new();
+    }
+    let secret: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut keys: Vec<String> = secret["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Replicas share their session-ticket keys through a Secret that the lease holder creates and
+/// rotates: a client resumes its TLS session on another replica, before and after rotations,
+/// and keys whose tickets have expired are removed. A Secret of that name that pylon did not
+/// create is reported and left untouched, and each replica keeps its own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_on_any_replica() {
+    use tokio_rustls::rustls::HandshakeKind::{Full, Resumed};
+
+    let env = KubeEnv::shared();
+    let up = Upstream::start("app");
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["secure.test"]);
+    env.apply(CLASS);
+    let app = format!(
+        "{}{}{}",
+        external_service("app", up.addr),
+        IngressYaml {
+            tls: &[(&["secure.test"], "secure")],
+            rules: &[("secure.test", "/", "Prefix", "app")],
+            ..Default::default()
+        }
+        .render(),
+        tls_secret("secure", &leaf)
+    );
+    let ns = env.namespace("tickets");
+    apply_in(env, &ns, &app);
+    // Keys are replaced every 2 s: a key encrypts after 0.5 s and is kept for 7 s.
+    let replicas: Vec<Pylon> = (0..2)
+        .map(|i| {
+            let mut o = options(env, &ns, None, "[tls]\nsession-ticket-rotation = \"2s\"\n");
+            o.env.push(("POD_NAME".into(), format!("pylon-{i}")));
+            Pylon::start_with(&[], o)
+        })
+        .collect();
+    for pylon in &replicas {
+        pylon.eventually(Duration::from_secs(15), "shared keys loaded", || {
+            pylon.metric("pylon_tls_session_ticket_shared_keys") >= 1.0
+        });
+        wait_for_https(pylon, &ca).await;
+    }
+    let (a, b) = (replicas[0].https, replicas[1].https);
+    let first = ticket_keys(env, &ns);
+    assert!(!first.is_empty());
+
+    // A session made on one replica resumes on the other, both ways, while keys rotate.
+    let mut rotations_seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticket_keys(env, &ns).contains(&first[0]) {
+        for (from, to) in [(a, b), (b, a)] {
+            let client = TlsClient::trusting(&ca.pem, &[b"http/1.1"]).resuming();
+            assert_eq!(resumed_on(&client, from).await, Some(Full));
+            assert_eq!(
+                resumed_on(&client, to).await,
+                Some(Resumed),
+                "a session from {from} resumes on {to}; keys {:?}",
+                ticket_keys(env, &ns)
+            );
+        }
+        rotations_seen = rotations_seen.max(ticket_keys(env, &ns).len());
+        assert!(
+            Instant::now() < deadline,
+            "the first key is never removed: {:?}",
+            ticket_keys(env, &ns)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        rotations_seen >= 3,
+        "keys rotated: at most {rotations_seen} at once"
+    );
+    assert!(ticket_keys(env, &ns).len() <= 6, "{:?}", ticket_keys(env, &ns));
+    let secret = kubectl_json(env, &["get", "secret", "pylon-session-tickets", "-n", &ns]);
+    assert_eq!(secret["type"], "pylon.dev/session-ticket-keys");
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "pylon"
+    );
+    let accepted: f64 = replicas
+        .iter()
+        .map(|p| p.metric("pylon_tls_session_tickets_accepted_total"))
+        .sum();
+    assert!(accepted >= 4.0, "{accepted}");
+    drop(replicas);
+
+    // Another owner's Secret of that name: reported, untouched; the replica's own keys serve.
+    let ns = env.namespace("tickets-foreign");
+    apply_in(env, &ns, &app);
+    apply_in(
+        env,
+        &ns,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: pylon-session-tickets}\nstringData: {owner: someone else}\n",
+    );
+    let before = kubectl_json(env, &["get", "secret", "pylon-session-tickets", "-n", &ns]);
+    let pylon = Pylon::start_with(
+        &[],
+        options(env, &ns, None, "[tls]\nsession-ticket-rotation = \"2s\"\n"),
+    );
+    wait_for_https(&pylon, &ca).await;
+    pylon.eventually(Duration::from_secs(15), "the foreign Secret reported", || {
+        pylon.metric("pylon_config_rejections_total{kind=\"Secret\",reason=\"BadSessionTicketKeys\"}") == 1.0
+    });
+    assert!(
+        pylon.stderr().contains("not created by pylon"),
+        "{}",
+        pylon.stderr()
+    );
+    let client = TlsClient::trusting(&ca.pem, &[b"http/1.1"]).resuming();
+    assert_eq!(resumed_on(&client, pylon.https).await, Some(Full));
+    assert_eq!(resumed_on(&client, pylon.https).await, Some(Resumed));
+    assert_eq!(pylon.metric("pylon_tls_session_ticket_shared_keys"), 0.0);
+    // Several rotation periods later, and with the lease held, it is still untouched.
+    pylon.eventually(Duration::from_secs(15), "the lease held", || {
+        pylon.metric("pylon_acme_leader") == 1.0
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = kubectl_json(env, &["get", "secret", "pylon-session-tickets", "-n", &ns]);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["data"], before["data"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = kubectl_json(env, &["get", "events.events.k8s.io", "-n", &ns]);
+        let reported = events["items"].as_array().into_iter().flatten().any(|e| {
+            e["regarding"]["name"] == "pylon-session-tickets" && e["reason"] == "BadSessionTicketKeys"
+        });
+        if reported {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Event on the Secret\n{}",
+            pylon.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
