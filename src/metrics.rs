@@ -92,6 +92,7 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     pub tls_session_tickets_accepted: IntCounter,
     pub tls_session_ticket_shared_keys: IntGauge,
+    pub proxy_protocol_refused: IntCounterVec,
     pub certificate_not_after: GaugeVec,
     pub config_reloads: IntCounter,
     pub config_last_reload: prometheus::Gauge,
@@ -220,6 +221,11 @@ impl Metrics {
             tls_session_tickets_accepted: counter(
                 "pylon_tls_session_tickets_accepted_total",
                 "Session tickets presented by clients that decrypted under a current key (resumed sessions)",
+            ),
+            proxy_protocol_refused: counter_vec(
+                "pylon_proxy_protocol_refused_total",
+                "Connections closed because their PROXY protocol header was missing, malformed, too long or late, by reason",
+                &["reason"],
             ),
             tls_session_ticket_shared_keys: gauge(
                 "pylon_tls_session_ticket_shared_keys",

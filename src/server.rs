@@ -179,7 +179,13 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     } else {
         None
     };
-    let listeners = vec![https_listener.tls(tls, tickets.clone()), http_listener];
+    let proxy_protocol = config.listen.proxy_protocol;
+    let listeners = vec![
+        https_listener
+            .tls(tls, tickets.clone())
+            .proxy_protocol(proxy_protocol),
+        http_listener.proxy_protocol(proxy_protocol),
+    ];
     server.add_service(ProxyService::new(app, listeners, metrics.clone(), health.clone()));
 
     let mut admin = Service::new(

@@ -89,6 +89,7 @@ pub struct ListenFile {
     pub http: Option<String>,
     pub https: Option<String>,
     pub admin: Option<String>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -228,6 +229,7 @@ pub(super) fn build(file: FileConfig, overrides: &Overrides) -> Result<Config, V
             overrides.admin_listen.as_deref().or(file.listen.admin.as_deref()),
             DEFAULT_ADMIN_LISTEN,
         ),
+        proxy_protocol: file.listen.proxy_protocol.unwrap_or(false),
     };
     if listen.admin == listen.http || listen.admin == listen.https {
         c.fail("listen.admin", "must differ from the traffic listeners");
@@ -601,6 +603,7 @@ mod tests {
         assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(20));
         assert!(c.proxy.threads >= 1);
         assert!(c.tls.session_resumption);
+        assert!(!c.listen.proxy_protocol);
         assert_eq!(c.tls.session_ticket_rotation, Duration::from_secs(6 * 3600));
         assert_eq!(
             c.kubernetes.session_ticket_secret.as_deref(),

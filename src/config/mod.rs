@@ -68,6 +68,9 @@ pub struct Listen {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// Every connection to the traffic listeners starts with a PROXY protocol header (version
+    /// 1 or 2) from a load balancer, whose client address pylon then uses.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

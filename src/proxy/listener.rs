@@ -25,12 +25,16 @@ use tracing::{debug, error, warn};
 
 use super::ProxyApp;
 use super::coalesce::Coalesced;
+use super::proxy_protocol;
 use crate::admin::Health;
 use crate::metrics::Metrics;
 use crate::tls::SessionTickets;
 
 /// How long a client may take to complete its TLS handshake (nginx and pingora allow 60 s).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection may take to send its PROXY protocol header. Load balancers send it
+/// with the connection's first packet.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pending connections the kernel queues per listener; Linux caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 65535;
@@ -43,6 +47,7 @@ pub struct Listener {
     name: &'static str,
     socket: std::net::TcpListener,
     tls: Option<Arc<Acceptor>>,
+    proxy_protocol: bool,
 }
 
 impl Listener {
@@ -59,7 +64,16 @@ impl Listener {
             name,
             socket: socket.into(),
             tls: None,
+            proxy_protocol: false,
         })
+    }
+
+    /// Expects a PROXY protocol header at the start of every connection, before any TLS, and
+    /// takes the client's address from it. A connection without a valid header within
+    /// [`PROXY_HEADER_TIMEOUT`] is closed.
+    pub fn proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
+        self
     }
 
     /// Makes this a TLS listener; `tickets` as in
@@ -113,6 +127,7 @@ impl Service for ProxyService {
                 name: listener.name,
                 connection: Connection {
                     tls: listener.tls,
+                    proxy_protocol: listener.proxy_protocol,
                     app: app.clone(),
                     metrics: self.metrics.clone(),
                     shutdown: shutdown.clone(),
@@ -183,6 +198,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 #[derive(Clone)]
 struct Connection {
     tls: Option<Arc<Acceptor>>,
+    proxy_protocol: bool,
     app: Arc<ProxyApp>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
@@ -194,6 +210,31 @@ impl Connection {
         // Responses are written whole; waiting for more to send only adds latency.
         let _ = tcp.set_nodelay(true);
         let mut l4 = L4Stream::from(tcp);
+        let peer = if self.proxy_protocol {
+            let header = Box::pin(tokio::time::timeout(
+                PROXY_HEADER_TIMEOUT,
+                proxy_protocol::read_header(&mut l4),
+            ));
+            match header.await {
+                Ok(Ok((header, rest))) => {
+                    // The client's first bytes, read with the header: read again.
+                    l4.rewind(&rest);
+                    header.source.unwrap_or(peer)
+                }
+                Ok(Err(e)) => {
+                    self.proxy_protocol_refused(e.reason());
+                    debug!(%peer, error = %e, "PROXY protocol header refused");
+                    return;
+                }
+                Err(_) => {
+                    self.proxy_protocol_refused("timeout");
+                    debug!(%peer, "no PROXY protocol header in time");
+                    return;
+                }
+            }
+        } else {
+            peer
+        };
         let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
         let _ = digest.peer_addr.set(Some(peer.into()));
         l4.set_socket_digest(digest);
@@ -224,6 +265,15 @@ impl Connection {
         while let Some(stream) = next {
             next = ServerApp::process_new(&self.app, stream, &self.shutdown).await;
         }
+    }
+}
+
+impl Connection {
+    fn proxy_protocol_refused(&self, reason: &str) {
+        self.metrics
+            .proxy_protocol_refused
+            .with_label_values(&[reason])
+            .inc();
     }
 }
 

@@ -6,6 +6,7 @@ mod coalesce;
 mod connection;
 mod headers;
 mod listener;
+mod proxy_protocol;
 mod respond;
 
 pub use connection::ProxyApp;

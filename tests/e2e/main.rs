@@ -13,6 +13,7 @@ mod kube_smoke;
 mod lifecycle;
 mod limits;
 mod protocols;
+mod proxy_protocol;
 mod reload;
 mod routing;
 mod tls;

@@ -162,6 +162,16 @@ impl TlsClient {
         sni: &str,
     ) -> Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PeerCert), Error> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
+        self.connect_over(stream, sni).await
+    }
+
+    /// As [`connect`](Self::connect), over a connection already open (on which something may
+    /// have been sent before TLS, such as a PROXY protocol header).
+    pub async fn connect_over(
+        &self,
+        stream: tokio::net::TcpStream,
+        sni: &str,
+    ) -> Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PeerCert), Error> {
         let name = ServerName::try_from(sni.to_owned())?;
         let tls = TlsConnector::from(self.config.clone())
             .connect(name, stream)
