@@ -1,7 +1,7 @@
 //! pylon: an ingress reverse proxy for Kubernetes.
 //!
 //! pylon reads Ingress, IngressClass, Service, EndpointSlice and TLS Secret objects — from a
-//! directory of YAML manifests or (later) from the API server — and proxies HTTP/1.1 and HTTP/2
+//! directory of YAML manifests or from the API server — and proxies HTTP/1.1 and HTTP/2
 //! to the pods behind them, terminating TLS with rustls.
 //!
 //! # Code map
@@ -20,17 +20,20 @@
 //!   [`source::kubernetes`] runs one reflector per kind against the API server.
 //! - [`translate`]: the pure function from `World` (and a memo of the last run) to
 //!   [`snapshot::Snapshot`]. It knows Ingress v1 semantics and parses annotations into typed
-//!   values; bad objects become [`translate::Problem`]s.
+//!   values; bad objects become [`problem::Problem`]s.
 //! - [`routing`]: the route table (host → path → backend) and pylon's own name types.
-//! - [`tls`]: PEM parsing, the certificate index and the rustls SNI resolver.
+//! - [`tls`]: PEM parsing, the certificate index, the rustls SNI resolver and the keys of
+//!   session tickets.
 //! - [`acme`]: certificates from cert-manager issuers (ACME HTTP-01, self-signed, CA): issuer
 //!   checks, stateless challenge answers, and the manager that orders, renews and stores
 //!   certificates as Secrets, which reach the resolver through the source like any Secret.
 //! - [`snapshot`]: everything the request path reads, published with a single store.
 //! - [`control`]: the loop that translates each new `World` and publishes the result.
 //! - [`cluster`]: writes to the API server: Secrets (server-side apply), the Lease that elects
-//!   the certificate orderer, Ingress status, Events.
-//! - [`proxy`]: the pingora `ProxyHttp` implementation.
+//!   the certificate orderer, Ingress status, Events, and the Secret through which replicas
+//!   share their session-ticket keys.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation, and pylon's own listeners (accept,
+//!   PROXY protocol header, TLS handshake, keep-alive loop) in front of it.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
 //! - [`metrics`]: every metric name and label set.
 //! - [`access_log`]: one JSON line per request, written off the request path.

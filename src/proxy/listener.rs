@@ -70,7 +70,7 @@ impl Listener {
 
     /// Expects a PROXY protocol header at the start of every connection, before any TLS, and
     /// takes the client's address from it. A connection without a valid header within
-    /// [`PROXY_HEADER_TIMEOUT`] is closed.
+    /// `PROXY_HEADER_TIMEOUT` (10 s) is closed.
     pub fn proxy_protocol(mut self, on: bool) -> Self {
         self.proxy_protocol = on;
         self
