@@ -1,6 +1,6 @@
 //! The PROXY protocol in front of both traffic listeners (`listen.proxy-protocol`): the client
-//! address a load balancer sends is the one upstreams, the access log and redirects see, over
-//! plain HTTP and before TLS; a connection without a valid header is closed and counted, and
+//! address a load balancer sends is the one upstreams and the access log see, over plain HTTP
+//! and before TLS; a connection without a valid header is closed and counted, and
 //! every other connection keeps being served.
 
 use std::time::Duration;
