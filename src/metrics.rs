@@ -93,6 +93,7 @@ pub struct Metrics {
     pub tls_session_tickets_accepted: IntCounter,
     pub tls_session_ticket_shared_keys: IntGauge,
     pub proxy_protocol_refused: IntCounterVec,
+    pub client_header_timeouts: IntCounter,
     pub certificate_not_after: GaugeVec,
     pub config_reloads: IntCounter,
     pub config_last_reload: prometheus::Gauge,
@@ -221,6 +222,10 @@ impl Metrics {
             tls_session_tickets_accepted: counter(
                 "pylon_tls_session_tickets_accepted_total",
                 "Session tickets presented by clients that decrypted under a current key (resumed sessions)",
+            ),
+            client_header_timeouts: counter(
+                "pylon_client_header_timeouts_total",
+                "HTTP/1 connections closed because a request head did not arrive whole within proxy.client-header-timeout",
             ),
             proxy_protocol_refused: counter_vec(
                 "pylon_proxy_protocol_refused_total",

@@ -34,7 +34,7 @@ use crate::cluster::tickets::TicketKeySecret;
 use crate::config::{Config, KubernetesConfig};
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::proxy::{InFlight, Listener, Proxy, ProxyApp, ProxyService};
+use crate::proxy::{HeadLimits, InFlight, Listener, Proxy, ProxyApp, ProxyService};
 use crate::snapshot::Published;
 use crate::source::files::FilesSource;
 use crate::source::{ObjectKey, World};
@@ -165,7 +165,15 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     options_h.h2c = false;
     let mut http = pingora::proxy::http_proxy(&conf, proxy);
     http.server_options = Some(options_h);
-    let app = ProxyApp::new(http, config.proxy.client_keepalive_timeout);
+    let app = ProxyApp::new(
+        http,
+        config.proxy.client_keepalive_timeout,
+        HeadLimits {
+            timeout: config.proxy.client_header_timeout,
+            max_bytes: config.proxy.max_request_header_bytes,
+            timeouts: metrics.client_header_timeouts.clone(),
+        },
+    );
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
         .expect("TLS settings without files cannot fail");
     tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));

@@ -35,13 +35,26 @@ pub struct ProxyApp {
     proxy: Arc<HttpProxy<Proxy>>,
     /// How long a connection may sit idle between requests.
     keepalive: Duration,
+    heads: HeadLimits,
+}
+
+/// How a request head must arrive.
+#[derive(Clone, Debug)]
+pub struct HeadLimits {
+    /// From its first byte to its end (`proxy.client-header-timeout`).
+    pub timeout: Duration,
+    /// Its size in bytes, beyond which it is refused with 431 (`proxy.max-request-header-size`).
+    pub max_bytes: usize,
+    /// Counts the heads cut off by `timeout`.
+    pub timeouts: prometheus::IntCounter,
 }
 
 impl ProxyApp {
-    pub fn new(proxy: HttpProxy<Proxy>, keepalive: Duration) -> Self {
+    pub fn new(proxy: HttpProxy<Proxy>, keepalive: Duration, heads: HeadLimits) -> Self {
         Self {
             proxy: Arc::new(proxy),
             keepalive,
+            heads,
         }
     }
 }
@@ -62,6 +75,16 @@ impl ServerApp for ProxyApp {
                 self.keepalive
             };
             let head = next_request(&mut stream, idle, shutdown).await?;
+            let head = if head_complete(&head, 0) {
+                Head::Complete(head)
+            } else {
+                // A head in pieces: the rest must come within the header timeout.
+                Box::pin(rest_of_head(&mut stream, head, &self.heads)).await?
+            };
+            let (head, deadline) = match head {
+                Head::Complete(head) => (head, None),
+                Head::Oversized(head, deadline) => (head, Some(deadline)),
+            };
             let mut session = ServerSession::new_http1(stream);
             session.set_keepalive(Some(idle.as_secs()));
             if let Some(settings) = settings.take() {
@@ -72,7 +95,21 @@ impl ServerApp for ProxyApp {
             }
             // pylon leaves pingora's pipelining off, so the settings never carry a prefix.
             session.set_pipelined_prefix(head);
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let reused = match deadline {
+                None => self.proxy.process_new_http(session, shutdown).await?,
+                // pingora reads the rest of an oversized head, answers 431, and may keep the
+                // connection: within the same deadline.
+                Some(deadline) => {
+                    let process = Box::pin(self.proxy.process_new_http(session, shutdown));
+                    match tokio::time::timeout_at(deadline, process).await {
+                        Ok(reused) => reused?,
+                        Err(_) => {
+                            self.heads.timeouts.inc();
+                            return None;
+                        }
+                    }
+                }
+            };
             (stream, settings) = reused.consume();
             first = false;
         }
@@ -80,6 +117,57 @@ impl ServerApp for ProxyApp {
 
     async fn cleanup(&self) {
         ServerApp::cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+/// A request head read here.
+enum Head {
+    /// The whole head (and whatever followed it).
+    Complete(BytesMut),
+    /// The head's first `max_bytes` and more, without its end; pingora reads the rest by
+    /// this deadline.
+    Oversized(BytesMut, tokio::time::Instant),
+}
+
+/// Whether `buf` holds a request head's end (an empty line, after CRLF or bare LF line ends
+/// as pingora accepts them), looking from byte `from` on.
+fn head_complete(buf: &[u8], from: usize) -> bool {
+    let from = from.saturating_sub(2).min(buf.len());
+    memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
+        let rest = &buf[from + i + 1..];
+        rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+    })
+}
+
+/// Reads the rest of a request head that arrived in pieces, within `limits.timeout` of its
+/// first byte (nginx's `client_header_timeout`): a client that sends its head a byte at a time
+/// cannot hold a connection for ever. `None`: the client closed or ran out of time.
+async fn rest_of_head(stream: &mut Stream, mut head: BytesMut, limits: &HeadLimits) -> Option<Head> {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let read = async {
+        loop {
+            if head.len() > limits.max_bytes {
+                return Some(Head::Oversized(std::mem::take(&mut head), deadline));
+            }
+            let seen = head.len();
+            head.reserve(HEAD_BUFFER);
+            match stream.read_buf(&mut head).await {
+                Ok(n) if n > 0 => {
+                    if head_complete(&head, seen) {
+                        return Some(Head::Complete(std::mem::take(&mut head)));
+                    }
+                }
+                _ => return None,
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(head) => head,
+        Err(_) => {
+            limits.timeouts.inc();
+            tracing::debug!("request head not received within the header timeout");
+            None
+        }
     }
 }
 
@@ -105,4 +193,23 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
     // so that pingora parses it once. What is not there yet, pingora reads itself.
     let _ = stream.read_buf(&mut head).now_or_never();
     Some(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_complete;
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line() {
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
+        assert!(head_complete(b"GET / HTTP/1.0\n\n", 0));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\r\nbody", 0));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0));
+        // Looking from where the last read started still finds an end split across reads.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for seen in 0..head.len() {
+            assert!(head_complete(head, seen), "{seen}");
+        }
+    }
 }

@@ -9,7 +9,7 @@ mod listener;
 mod proxy_protocol;
 mod respond;
 
-pub use connection::ProxyApp;
+pub use connection::{HeadLimits, ProxyApp};
 pub use listener::{Listener, ProxyService};
 
 use std::net::SocketAddr;
