@@ -225,7 +225,7 @@ impl Metrics {
             ),
             client_header_timeouts: counter(
                 "pylon_client_header_timeouts_total",
-                "HTTP/1 connections closed because a request head did not arrive whole within proxy.client-header-timeout",
+                "Connections closed because an HTTP/1 request head or an HTTP/2 preface did not arrive whole within proxy.client-header-timeout",
             ),
             proxy_protocol_refused: counter_vec(
                 "pylon_proxy_protocol_refused_total",

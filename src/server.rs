@@ -163,6 +163,8 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     );
     let mut options_h = HttpServerOptions::default();
     options_h.h2c = false;
+    // An HTTP/2 connection without open streams is closed after the keep-alive timeout too.
+    options_h.h2_idle_timeout = Some(config.proxy.client_keepalive_timeout);
     let mut http = pingora::proxy::http_proxy(&conf, proxy);
     http.server_options = Some(options_h);
     let app = ProxyApp::new(

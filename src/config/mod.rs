@@ -112,7 +112,8 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: Duration,
     /// How long an idle client keep-alive connection is kept open.
     pub client_keepalive_timeout: Duration,
-    /// How long an HTTP/1 request head may take from its first byte to its end.
+    /// How long an HTTP/1 request head may take from its first byte to its end, and an HTTP/2
+    /// connection's preface from the end of the TLS handshake.
     pub client_header_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
     /// Other endpoints tried after a connection failure.

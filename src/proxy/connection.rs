@@ -1,5 +1,6 @@
-//! Client connections, before pingora's request handling: HTTP/2 goes to pingora as it is;
-//! HTTP/1.x keep-alive connections wait here between requests.
+//! Client connections, before pingora's request handling: HTTP/2 goes to pingora once its
+//! preface has arrived; HTTP/1.x keep-alive connections wait here between requests, and a
+//! request head that arrives in pieces is read here within the header timeout.
 //!
 //! pingora waits for the next request on a keep-alive connection inside its request future,
 //! which is sized for a whole proxied request (about 14 KiB, plus two more boxed futures and a
@@ -22,6 +23,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
 use super::Proxy;
+use super::replay::Replay;
 
 /// The first read of a request: pingora's own starting size for request heads.
 const HEAD_BUFFER: usize = 4096;
@@ -63,6 +65,7 @@ impl ProxyApp {
 impl ServerApp for ProxyApp {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let stream = Box::pin(h2_preface(stream, &self.heads)).await?;
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let mut stream = stream;
@@ -117,6 +120,36 @@ impl ServerApp for ProxyApp {
 
     async fn cleanup(&self) {
         ServerApp::cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+/// The fixed start of every HTTP/2 connection from a client (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads an HTTP/2 connection's preface within `limits.timeout` (pingora would wait for it for
+/// ever), and returns the connection with the preface to be read again. `None`: the client
+/// closed, sent something else, or ran out of time.
+async fn h2_preface(mut stream: Stream, limits: &HeadLimits) -> Option<Stream> {
+    let mut ahead = vec![0u8; H2_PREFACE.len()];
+    let mut read = 0;
+    let preface = async {
+        while read < ahead.len() {
+            match stream.read(&mut ahead[read..]).await {
+                Ok(n) if n > 0 => read += n,
+                _ => return false,
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(limits.timeout, preface).await {
+        // pingora's HTTP/2 handshake refuses anything but the preface.
+        Ok(true) => Some(Box::new(Replay::new(ahead, stream))),
+        Ok(false) => None,
+        Err(_) => {
+            limits.timeouts.inc();
+            tracing::debug!("HTTP/2 preface not received within the header timeout");
+            None
+        }
     }
 }
 

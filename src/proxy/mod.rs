@@ -7,6 +7,7 @@ mod connection;
 mod headers;
 mod listener;
 mod proxy_protocol;
+mod replay;
 mod respond;
 
 pub use connection::{HeadLimits, ProxyApp};

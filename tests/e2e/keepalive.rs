@@ -1,5 +1,6 @@
 //! HTTP/1.1 keep-alive connections, byte by byte: requests that arrive in pieces, the idle time
-//! between requests, and what ends an idle connection (its timeout, the client, a shutdown).
+//! between requests, and what ends an idle connection (its timeout, the client, a shutdown);
+//! and the same timeouts on HTTP/2 connections.
 
 use std::time::{Duration, Instant};
 
@@ -286,4 +287,70 @@ async fn http10_upstream_is_answered_in_http11() {
         read_response(&mut conn).await,
         (200, "until the upstream closes".to_owned())
     );
+}
+
+/// An HTTP/2 connection without open streams is closed after the keep-alive timeout, and one
+/// that never sends its preface after the TLS handshake is closed after the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_silent_http2_connections_are_closed() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::start("up");
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["app.test"]);
+    let mut yaml = format!("{CLASS}{}{}", service("up", &[up.addr]), tls_secret("app", &leaf));
+    yaml += &IngressYaml {
+        tls: &[(&["app.test"], "app")],
+        rules: &[("app.test", "/", "Prefix", "up")],
+        ..Default::default()
+    }
+    .render();
+    let pylon = Pylon::start_with(
+        &[("all.yaml", &yaml)],
+        Options {
+            extra_config: "[proxy]\nclient-keepalive-timeout = \"1s\"\nclient-header-timeout = \"1s\"\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let client = TlsClient::trusting(&ca.pem, &[b"h2"]);
+
+    // Two requests on one connection, then nothing: closed after about a second.
+    let (tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = http::Request::get("https://app.test/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let idle = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection stays open");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(400),
+        "closed after {:?}",
+        idle.elapsed()
+    );
+
+    // TLS with h2, then silence: closed without waiting for the preface for ever.
+    let (mut tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
+    let took = closed_within(&mut tls, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    // Half a preface, then silence: the same.
+    let (mut tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    closed_within(&mut tls, Duration::from_secs(5)).await;
+    assert_eq!(pylon.metric("pylon_client_header_timeouts_total"), 2.0);
+
+    // HTTP/2 still serves.
+    let (resp, _) = client.get(pylon.https, "app.test", "/").await.unwrap();
+    assert_eq!(resp.status, 200);
 }
