@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use futures_util::FutureExt;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
@@ -61,6 +61,60 @@ impl ProxyApp {
     }
 }
 
+impl ProxyApp {
+    /// A request whose head arrived in pieces: the rest must come within the header timeout
+    /// of its first byte.
+    async fn slow_request(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        head: BytesMut,
+        idle: Duration,
+        settings: Option<HttpPersistentSettings>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match rest_of_head(&mut stream, head, &self.heads).await? {
+            Head::Complete(head) => {
+                let session = new_session(stream, head, idle, settings, shutdown);
+                self.proxy.process_new_http(session, shutdown).await
+            }
+            // pingora reads the rest of an oversized head and answers 431, and may keep the
+            // connection: within the same deadline.
+            Head::Oversized(head, deadline) => {
+                let session = new_session(stream, head, idle, settings, shutdown);
+                let process = self.proxy.process_new_http(session, shutdown);
+                match tokio::time::timeout_at(deadline, process).await {
+                    Ok(reused) => reused,
+                    Err(_) => {
+                        self.heads.timeouts.inc();
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A pingora session for the request whose head (or its start) is `head`.
+fn new_session(
+    stream: Stream,
+    head: BytesMut,
+    idle: Duration,
+    settings: Option<HttpPersistentSettings>,
+    shutdown: &ShutdownWatch,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive(Some(idle.as_secs()));
+    if let Some(settings) = settings {
+        settings.apply_to_session(&mut session);
+    }
+    if *shutdown.borrow() {
+        session.set_keepalive(None);
+    }
+    // pylon leaves pingora's pipelining off, so the settings never carry a prefix.
+    session.set_pipelined_prefix(head);
+    session
+}
+
 #[async_trait]
 impl ServerApp for ProxyApp {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
@@ -78,40 +132,13 @@ impl ServerApp for ProxyApp {
                 self.keepalive
             };
             let head = next_request(&mut stream, idle, shutdown).await?;
-            let head = if head_complete(&head, 0) {
-                Head::Complete(head)
+            let reused = if head_complete(&head, 0) {
+                let session = new_session(stream, head, idle, settings.take(), shutdown);
+                self.proxy.process_new_http(session, shutdown).await?
             } else {
-                // A head in pieces: the rest must come within the header timeout.
-                Box::pin(rest_of_head(&mut stream, head, &self.heads)).await?
-            };
-            let (head, deadline) = match head {
-                Head::Complete(head) => (head, None),
-                Head::Oversized(head, deadline) => (head, Some(deadline)),
-            };
-            let mut session = ServerSession::new_http1(stream);
-            session.set_keepalive(Some(idle.as_secs()));
-            if let Some(settings) = settings.take() {
-                settings.apply_to_session(&mut session);
-            }
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            // pylon leaves pingora's pipelining off, so the settings never carry a prefix.
-            session.set_pipelined_prefix(head);
-            let reused = match deadline {
-                None => self.proxy.process_new_http(session, shutdown).await?,
-                // pingora reads the rest of an oversized head, answers 431, and may keep the
-                // connection: within the same deadline.
-                Some(deadline) => {
-                    let process = Box::pin(self.proxy.process_new_http(session, shutdown));
-                    match tokio::time::timeout_at(deadline, process).await {
-                        Ok(reused) => reused?,
-                        Err(_) => {
-                            self.heads.timeouts.inc();
-                            return None;
-                        }
-                    }
-                }
+                // A head in pieces. Boxed: its timer and buffers would otherwise enlarge every
+                // idle connection's state.
+                Box::pin(self.slow_request(stream, head, idle, settings.take(), shutdown)).await?
             };
             (stream, settings) = reused.consume();
             first = false;

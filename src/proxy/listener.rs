@@ -193,8 +193,8 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
-/// What a connection's task needs. The task's future holds this, the peer address and a
-/// pointer to whichever boxed future runs: the handshake, then [`ProxyApp`]'s.
+/// What a connection's task needs. The task's future holds this and a pointer to whichever
+/// boxed future runs: the set-up (PROXY header, TLS handshake), then [`ProxyApp`]'s.
 #[derive(Clone)]
 struct Connection {
     tls: Option<Arc<Acceptor>>,
@@ -207,73 +207,77 @@ struct Connection {
 impl Connection {
     async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
         let _open = OpenConnectionGuard::new(&self.metrics.open_connections);
-        // Responses are written whole; waiting for more to send only adds latency.
-        let _ = tcp.set_nodelay(true);
-        let mut l4 = L4Stream::from(tcp);
-        let peer = if self.proxy_protocol {
-            let header = Box::pin(tokio::time::timeout(
-                PROXY_HEADER_TIMEOUT,
-                proxy_protocol::read_header(&mut l4),
-            ));
-            match header.await {
-                Ok(Ok((header, rest))) => {
-                    // The client's first bytes, read with the header: read again.
-                    l4.rewind(&rest);
-                    header.source.unwrap_or(peer)
-                }
-                Ok(Err(e)) => {
-                    self.proxy_protocol_refused(e.reason());
-                    debug!(%peer, error = %e, "PROXY protocol header refused");
-                    return;
-                }
-                Err(_) => {
-                    self.proxy_protocol_refused("timeout");
-                    debug!(%peer, "no PROXY protocol header in time");
-                    return;
-                }
-            }
-        } else {
-            peer
-        };
-        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-        let _ = digest.peer_addr.set(Some(peer.into()));
-        l4.set_socket_digest(digest);
-        let socket = Coalesced::new(l4);
-        let stream: Stream = match &self.tls {
-            None => Box::new(socket),
-            Some(acceptor) => {
-                let handshake = Box::pin(tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
-                    acceptor.tls_handshake(socket),
-                ));
-                match handshake.await {
-                    Ok(Ok(tls)) => Box::new(tls),
-                    Ok(Err(e)) => {
-                        self.metrics.tls_handshake_failures.inc();
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        self.metrics.tls_handshake_failures.inc();
-                        debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                }
-            }
+        // Boxed, and freed once the connection is set up: the socket type and the TLS handshake
+        // are large, and would otherwise stay in this task's future for the connection's life.
+        let Some(stream) = Box::pin(self.start(tcp, peer)).await else {
+            return;
         };
         let mut next = Some(stream);
         while let Some(stream) = next {
             next = ServerApp::process_new(&self.app, stream, &self.shutdown).await;
         }
     }
+
+    /// Sets the connection up: its PROXY protocol header if expected, then its TLS handshake
+    /// on a TLS listener. `None`: refused, counted and closed.
+    async fn start(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Stream> {
+        // Responses are written whole; waiting for more to send only adds latency.
+        let _ = tcp.set_nodelay(true);
+        let (mut l4, peer) = if self.proxy_protocol {
+            self.read_proxy_header(L4Stream::from(tcp), peer).await?
+        } else {
+            (L4Stream::from(tcp), peer)
+        };
+        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        l4.set_socket_digest(digest);
+        let socket = Coalesced::new(l4);
+        let Some(acceptor) = &self.tls else {
+            return Some(Box::new(socket));
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(socket)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                self.metrics.tls_handshake_failures.inc();
+                debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.metrics.tls_handshake_failures.inc();
+                debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
 }
 
 impl Connection {
-    fn proxy_protocol_refused(&self, reason: &str) {
-        self.metrics
-            .proxy_protocol_refused
-            .with_label_values(&[reason])
-            .inc();
+    /// Reads the connection's PROXY protocol header. Returns the stream, with what followed the
+    /// header to be read again, and the client's address from the header (the connection's own
+    /// for a health check). `None`: refused and counted.
+    async fn read_proxy_header(&self, mut l4: L4Stream, peer: SocketAddr) -> Option<(L4Stream, SocketAddr)> {
+        let refused = |reason: &str| {
+            self.metrics
+                .proxy_protocol_refused
+                .with_label_values(&[reason])
+                .inc();
+        };
+        match tokio::time::timeout(PROXY_HEADER_TIMEOUT, proxy_protocol::read_header(&mut l4)).await {
+            Ok(Ok((header, rest))) => {
+                l4.rewind(&rest);
+                Some((l4, header.source.unwrap_or(peer)))
+            }
+            Ok(Err(e)) => {
+                refused(e.reason());
+                debug!(%peer, error = %e, "PROXY protocol header refused");
+                None
+            }
+            Err(_) => {
+                refused("timeout");
+                debug!(%peer, "no PROXY protocol header in time");
+                None
+            }
+        }
     }
 }
 
