@@ -122,6 +122,7 @@ pub struct ProxyFile {
     pub upstream_idle_timeout: Option<String>,
     pub client_keepalive_timeout: Option<String>,
     pub client_header_timeout: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub upstream_keepalive_pool_size: Option<i64>,
     pub connect_retries: Option<i64>,
     pub max_request_header_size: Option<ByteSize>,
@@ -508,6 +509,13 @@ fn build_proxy(c: &mut Check, file: ProxyFile) -> ProxyConfig {
         0 => cpus,
         n => n,
     };
+    let mut trusted_proxies = Vec::new();
+    for (i, prefix) in file.trusted_proxies.iter().flatten().enumerate() {
+        match prefix.parse::<crate::routing::Cidr>() {
+            Ok(prefix) => trusted_proxies.push(prefix),
+            Err(reason) => c.fail(&format!("proxy.trusted-proxies[{i}]"), reason),
+        }
+    }
     let max_header = file
         .max_request_header_size
         .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.bytes());
@@ -523,6 +531,7 @@ fn build_proxy(c: &mut Check, file: ProxyFile) -> ProxyConfig {
     };
     ProxyConfig {
         threads,
+        trusted_proxies,
         connect_timeout: c.positive_duration(
             "proxy.connect-timeout",
             file.connect_timeout.as_deref(),
@@ -616,6 +625,24 @@ mod tests {
         assert_eq!(
             c.kubernetes.session_ticket_secret.as_deref(),
             Some("pylon-session-tickets")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_prefixes() {
+        let c = build_str("[proxy]\ntrusted-proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\n").expect("valid");
+        assert_eq!(c.proxy.trusted_proxies.len(), 2);
+        assert!(
+            build_str("").unwrap().proxy.trusted_proxies.is_empty(),
+            "nobody by default"
+        );
+        let errors =
+            build_str("[proxy]\ntrusted-proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n").expect_err("bad");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("proxy.trusted-proxies[1]")),
+            "{errors:?}"
         );
     }
 

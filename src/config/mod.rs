@@ -105,6 +105,8 @@ pub struct IngressConfig {
 pub struct ProxyConfig {
     /// Worker threads of the proxy runtime.
     pub threads: usize,
+    /// Proxies in front of pylon whose `X-Forwarded-*` headers are believed; empty: none.
+    pub trusted_proxies: Vec<crate::routing::Cidr>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,

@@ -4,6 +4,7 @@
 
 mod coalesce;
 mod connection;
+mod forwarded;
 mod headers;
 mod listener;
 mod proxy_protocol;
@@ -13,7 +14,7 @@ mod respond;
 pub use connection::{HeadLimits, ProxyApp};
 pub use listener::{Listener, ProxyService};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use self::forwarded::TrustedProxies;
 use self::headers::*;
 use crate::access_log::{self, AccessLog};
 use crate::acme::challenge::Answer;
@@ -79,6 +81,11 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     body_limit: u64,
     body_bytes: u64,
+    /// The request came from a trusted proxy (`proxy.trusted-proxies`): its `X-Forwarded-*`
+    /// headers are believed, and `client` is the address its `X-Forwarded-For` names when that
+    /// is not the proxy itself.
+    forwarded: bool,
+    client: Option<IpAddr>,
 }
 
 /// pylon's proxy logic.
@@ -89,6 +96,7 @@ pub struct Proxy {
     config: ProxyConfig,
     https_port: u16,
     in_flight: Arc<InFlight>,
+    trusted: TrustedProxies,
 }
 
 impl Proxy {
@@ -104,6 +112,7 @@ impl Proxy {
             published,
             metrics,
             access_log,
+            trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             config,
             https_port,
             in_flight,
@@ -119,6 +128,31 @@ impl Proxy {
         } else {
             format!("https://{host}:{}{path}", self.https_port)
         })
+    }
+}
+
+/// `X-Forwarded-For` of a request from a trusted proxy: the list it sent (all its lines, in
+/// order), then the proxy itself.
+fn forward_for(upstream: &mut RequestHeader, peer: Option<http::HeaderValue>) -> Result<()> {
+    let mut list: Vec<u8> = Vec::new();
+    for value in upstream.headers.get_all(X_FORWARDED_FOR) {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(value.as_bytes());
+    }
+    if let Some(peer) = peer {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(peer.as_bytes());
+    }
+    match http::HeaderValue::from_bytes(&list) {
+        Ok(value) if !list.is_empty() => upstream.insert_header(X_FORWARDED_FOR, value),
+        _ => {
+            upstream.remove_header(X_FORWARDED_FOR);
+            Ok(())
+        }
     }
 }
 
@@ -187,6 +221,8 @@ impl ProxyHttp for Proxy {
             upstream_status: None,
             body_limit: self.config.max_request_body_bytes,
             body_bytes: 0,
+            forwarded: false,
+            client: None,
         }
     }
 
@@ -196,6 +232,13 @@ impl ProxyHttp for Proxy {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+            && self.trusted.trusts(peer)
+        {
+            ctx.forwarded = true;
+            let client = self.trusted.client(peer, &session.req_header().headers);
+            ctx.client = (client != peer).then_some(client);
+        }
         if !session.is_process_shutting_down() {
             session.set_keepalive(Some(self.config.client_keepalive_timeout.as_secs()));
         }
@@ -363,31 +406,63 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| ip_header_value(a.ip()));
-        if let Some(ip) = client_ip {
-            upstream.insert_header(X_FORWARDED_FOR, ip.clone())?;
-            upstream.insert_header(X_REAL_IP, ip)?;
-        } else {
-            upstream.remove_header(X_FORWARDED_FOR);
-            upstream.remove_header(X_REAL_IP);
-        }
-        upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
-        match authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok()) {
-            Some(host) => {
-                if upstream.headers.get(http::header::HOST).is_none() {
-                    upstream.insert_header(http::header::HOST, host.clone())?;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if ctx.forwarded {
+            // From a trusted proxy: its forwarded headers are kept, and the proxy is appended
+            // to X-Forwarded-For.
+            forward_for(upstream, peer.map(ip_header_value))?;
+            match ctx.client.or(peer) {
+                Some(client) => upstream.insert_header(X_REAL_IP, ip_header_value(client))?,
+                None => {
+                    upstream.remove_header(X_REAL_IP);
                 }
+            }
+            if upstream.headers.get(X_FORWARDED_PROTO).is_none() {
+                upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
+            }
+            if upstream.headers.get(X_FORWARDED_HOST).is_none()
+                && let Some(host) =
+                    authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok())
+            {
                 upstream.insert_header(X_FORWARDED_HOST, host)?;
             }
-            None => {
-                upstream.remove_header(X_FORWARDED_HOST);
+            if upstream.headers.get(X_FORWARDED_PORT).is_none()
+                && let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port())
+            {
+                upstream.insert_header(X_FORWARDED_PORT, http::HeaderValue::from(port))?;
             }
-        }
-        if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
-            upstream.insert_header(X_FORWARDED_PORT, http::HeaderValue::from(port))?;
+            if upstream.headers.get(http::header::HOST).is_none()
+                && let Some(host) =
+                    authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok())
+            {
+                upstream.insert_header(http::header::HOST, host)?;
+            }
+        } else {
+            match peer.map(ip_header_value) {
+                Some(ip) => {
+                    upstream.insert_header(X_FORWARDED_FOR, ip.clone())?;
+                    upstream.insert_header(X_REAL_IP, ip)?;
+                }
+                None => {
+                    upstream.remove_header(X_FORWARDED_FOR);
+                    upstream.remove_header(X_REAL_IP);
+                }
+            }
+            upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
+            match authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok()) {
+                Some(host) => {
+                    if upstream.headers.get(http::header::HOST).is_none() {
+                        upstream.insert_header(http::header::HOST, host.clone())?;
+                    }
+                    upstream.insert_header(X_FORWARDED_HOST, host)?;
+                }
+                None => {
+                    upstream.remove_header(X_FORWARDED_HOST);
+                }
+            }
+            if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
+                upstream.insert_header(X_FORWARDED_PORT, http::HeaderValue::from(port))?;
+            }
         }
         if let Some(id) = &ctx.request_id {
             upstream.insert_header(X_REQUEST_ID, id.clone())?;
@@ -485,7 +560,10 @@ impl ProxyHttp for Proxy {
         };
         let entry = access_log::Entry {
             time: access_log::now_rfc3339(),
-            client: session.client_addr().map(ToString::to_string),
+            client: match ctx.client {
+                Some(client) => Some(client.to_string()),
+                None => session.client_addr().map(ToString::to_string),
+            },
             method: req.method.as_str(),
             host,
             path: req.uri.path(),

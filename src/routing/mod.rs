@@ -3,6 +3,7 @@
 //! Nothing here knows Kubernetes or serde types; `translate` builds these values once per change.
 
 mod backend;
+pub mod cidr;
 pub mod host;
 pub mod path;
 mod shared;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use backend::{Backend, BackendId, PortRef, Unavailable};
+pub use cidr::Cidr;
 pub use host::{HostError, HostPattern, Hostname};
 pub use path::{PathError, PathKind, PathMatch};
 pub use shared::SharedMap;

@@ -271,3 +271,59 @@ async fn slow_upstreams_time_out_with_504() {
         "the annotation's 1 s applies"
     );
 }
+
+/// Behind a trusted proxy (`proxy.trusted-proxies`), the client is the last untrusted address
+/// of `X-Forwarded-For`, the proxy's other forwarded headers are kept, and the proxy is
+/// appended to the list; a client cannot choose its address by sending its own list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_of_trusted_proxies_are_believed() {
+    let up = Upstream::start("up");
+    let yaml = single_route(up.addr, "app.test", &[]);
+    let pylon = Pylon::start_with(
+        &[("all.yaml", &yaml)],
+        Options {
+            // The test client connects from 127.0.0.1: it plays the CDN in front.
+            extra_config: "[proxy]\ntrusted-proxies = [\"127.0.0.0/8\", \"2001:db8::/32\"]\n".into(),
+            ..Default::default()
+        },
+    );
+    let req = http::Request::get("/echo")
+        .header("host", "app.test")
+        .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
+        .header("x-forwarded-for", "2001:db8::5")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "www.example.com")
+        .header("x-forwarded-port", "443")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = http(pylon.http, req).await.unwrap();
+    let h = &resp.json()["headers"];
+    assert_eq!(
+        h["x-forwarded-for"],
+        "6.6.6.6, 203.0.113.7, 2001:db8::5, 127.0.0.1"
+    );
+    assert_eq!(h["x-real-ip"], "203.0.113.7", "the last address not trusted");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "www.example.com");
+    assert_eq!(h["x-forwarded-port"], "443");
+    assert_eq!(h["host"], "app.test");
+
+    // Without forwarded headers: the proxy's own facts.
+    let resp = http_get(pylon.http, "app.test", "/echo").await.unwrap();
+    let h = &resp.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "app.test");
+
+    pylon.eventually(std::time::Duration::from_secs(5), "access log lines", || {
+        pylon.access_log().len() >= 2
+    });
+    let clients: Vec<String> = pylon
+        .access_log()
+        .iter()
+        .map(|l| l["client"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(clients[0], "203.0.113.7", "{clients:?}");
+    assert!(clients[1].starts_with("127.0.0.1:"), "{clients:?}");
+}
