@@ -641,15 +641,7 @@ async fn bad_objects_become_events_and_the_rest_serves() {
 /// One GET on a new TLS connection to `addr` with `client` (reading the TLS 1.3 tickets that
 /// follow the handshake); returns how the handshake went.
 async fn resumed_on(client: &TlsClient, addr: std::net::SocketAddr) -> Option<rustls::HandshakeKind> {
-    let (tls, _) = client.connect(addr, "secure.test").await.unwrap();
-    let kind = tls.get_ref().1.handshake_kind();
-    let resp = TlsClient::send(
-        tls,
-        "secure.test",
-        crate::support::client::get("secure.test", "/"),
-    )
-    .await
-    .unwrap();
+    let (kind, resp) = client.get_on_new_connection(addr, "secure.test").await.unwrap();
     assert_eq!(resp.status, 200);
     kind
 }

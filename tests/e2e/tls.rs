@@ -244,15 +244,7 @@ async fn sessions_resume_after_hundreds_of_other_connections() {
     /// One GET on a new connection (reading the TLS 1.3 tickets that follow the handshake);
     /// returns how the handshake went.
     async fn get_on_new_connection(client: &TlsClient, addr: std::net::SocketAddr) -> Option<HandshakeKind> {
-        let (tls, _) = client.connect(addr, "secure.test").await.unwrap();
-        let kind = tls.get_ref().1.handshake_kind();
-        let resp = TlsClient::send(
-            tls,
-            "secure.test",
-            crate::support::client::get("secure.test", "/"),
-        )
-        .await
-        .unwrap();
+        let (kind, resp) = client.get_on_new_connection(addr, "secure.test").await.unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.header("x-upstream"), Some("up"));
         kind

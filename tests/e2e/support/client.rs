@@ -231,6 +231,18 @@ impl TlsClient {
         Ok(resp)
     }
 
+    /// A GET of `/` for `host` on a new connection, which also reads the TLS 1.3 tickets that
+    /// follow the handshake. Returns how the handshake went (full or resumed) and the response.
+    pub async fn get_on_new_connection(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+    ) -> Result<(Option<rustls::HandshakeKind>, Response), Error> {
+        let (tls, _) = self.connect(addr, host).await?;
+        let kind = tls.get_ref().1.handshake_kind();
+        Ok((kind, Self::send(tls, host, get(host, "/")).await?))
+    }
+
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Result<(Response, PeerCert), Error> {
         self.request(addr, host, get(host, path)).await
     }
