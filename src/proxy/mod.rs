@@ -408,34 +408,13 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         if ctx.forwarded {
-            // From a trusted proxy: its forwarded headers are kept, and the proxy is appended
-            // to X-Forwarded-For.
+            // From a trusted proxy: the proxy is appended to its X-Forwarded-For.
             forward_for(upstream, peer.map(ip_header_value))?;
             match ctx.client.or(peer) {
                 Some(client) => upstream.insert_header(X_REAL_IP, ip_header_value(client))?,
                 None => {
                     upstream.remove_header(X_REAL_IP);
                 }
-            }
-            if upstream.headers.get(X_FORWARDED_PROTO).is_none() {
-                upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
-            }
-            if upstream.headers.get(X_FORWARDED_HOST).is_none()
-                && let Some(host) =
-                    authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok())
-            {
-                upstream.insert_header(X_FORWARDED_HOST, host)?;
-            }
-            if upstream.headers.get(X_FORWARDED_PORT).is_none()
-                && let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port())
-            {
-                upstream.insert_header(X_FORWARDED_PORT, http::HeaderValue::from(port))?;
-            }
-            if upstream.headers.get(http::header::HOST).is_none()
-                && let Some(host) =
-                    authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok())
-            {
-                upstream.insert_header(http::header::HOST, host)?;
             }
         } else {
             match peer.map(ip_header_value) {
@@ -448,21 +427,34 @@ impl ProxyHttp for Proxy {
                     upstream.remove_header(X_REAL_IP);
                 }
             }
+        }
+        // A trusted proxy's own X-Forwarded-Proto, -Host and -Port are kept; anyone else's are
+        // replaced with what pylon saw.
+        let kept = |name: &str| ctx.forwarded && upstream.headers.contains_key(name);
+        let (keep_proto, keep_host, keep_port) = (
+            kept(X_FORWARDED_PROTO),
+            kept(X_FORWARDED_HOST),
+            kept(X_FORWARDED_PORT),
+        );
+        if !keep_proto {
             upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
-            match authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok()) {
-                Some(host) => {
-                    if upstream.headers.get(http::header::HOST).is_none() {
-                        upstream.insert_header(http::header::HOST, host.clone())?;
-                    }
-                    upstream.insert_header(X_FORWARDED_HOST, host)?;
-                }
+        }
+        let host = authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok());
+        if let Some(host) = &host
+            && upstream.headers.get(http::header::HOST).is_none()
+        {
+            upstream.insert_header(http::header::HOST, host.clone())?;
+        }
+        if !keep_host {
+            match host {
+                Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
                 None => {
                     upstream.remove_header(X_FORWARDED_HOST);
                 }
             }
-            if let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
-                upstream.insert_header(X_FORWARDED_PORT, http::HeaderValue::from(port))?;
-            }
+        }
+        if !keep_port && let Some(port) = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()) {
+            upstream.insert_header(X_FORWARDED_PORT, http::HeaderValue::from(port))?;
         }
         if let Some(id) = &ctx.request_id {
             upstream.insert_header(X_REQUEST_ID, id.clone())?;
