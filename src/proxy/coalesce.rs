@@ -9,18 +9,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, TimingDigest,
-    UniqueID, UniqueIDType,
-};
+use pingora::protocols::{Peek, Shutdown, Ssl};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Writes up to this size wait for the flush; larger ones go out at once (after what waits).
@@ -143,12 +137,6 @@ impl Shutdown for Coalesced {
     }
 }
 
-impl UniqueID for Coalesced {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
 impl Ssl for Coalesced {}
 
 #[async_trait]
@@ -158,39 +146,7 @@ impl Peek for Coalesced {
     }
 }
 
-impl GetTimingDigest for Coalesced {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Coalesced {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest);
-    }
-}
-
-impl GetSocketDigest for Coalesced {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest);
-    }
-}
+delegate_digests!(Coalesced, inner);
 
 #[cfg(test)]
 mod tests {
@@ -209,7 +165,9 @@ mod tests {
     async fn arrived(client: &mut TcpStream) -> Vec<u8> {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
-        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), client.read(&mut buf)).await {
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), client.read(&mut buf)).await
+        {
             if n == 0 {
                 break;
             }

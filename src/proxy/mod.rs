@@ -2,6 +2,53 @@
 //! the current snapshot once (an `ArcSwap` load and hash lookups) and never waits on the
 //! control plane.
 
+/// pingora's identity and digest traits for a stream wrapper, passed to its `$inner` stream.
+macro_rules! delegate_digests {
+    ($type:ty, $inner:ident) => {
+        impl pingora::protocols::UniqueID for $type {
+            fn id(&self) -> pingora::protocols::UniqueIDType {
+                self.$inner.id()
+            }
+        }
+
+        impl pingora::protocols::GetTimingDigest for $type {
+            fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+                self.$inner.get_timing_digest()
+            }
+
+            fn get_read_pending_time(&self) -> std::time::Duration {
+                self.$inner.get_read_pending_time()
+            }
+
+            fn get_write_pending_time(&self) -> std::time::Duration {
+                self.$inner.get_write_pending_time()
+            }
+        }
+
+        impl pingora::protocols::GetProxyDigest for $type {
+            fn get_proxy_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+                self.$inner.get_proxy_digest()
+            }
+
+            fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+                self.$inner.set_proxy_digest(digest);
+            }
+        }
+
+        impl pingora::protocols::GetSocketDigest for $type {
+            fn get_socket_digest(&self) -> Option<std::sync::Arc<pingora::protocols::SocketDigest>> {
+                self.$inner.get_socket_digest()
+            }
+
+            fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+                self.$inner.set_socket_digest(digest);
+            }
+        }
+    };
+}
+
 mod coalesce;
 mod connection;
 mod forwarded;
