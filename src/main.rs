@@ -84,7 +84,7 @@ struct CheckArgs {
 
 fn main() -> ExitCode {
     // One crypto provider for the whole process, before anything builds a rustls config.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = pylon::tls::provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),

@@ -36,6 +36,8 @@ fn main() {
         eprintln!("usage: pingora-floor <listen> <upstream> <cert.pem> <key.pem>");
         std::process::exit(2);
     };
+    // The same crypto provider as pylon's listeners.
+    let _ = pylon::tls::provider().install_default();
     let conf = ServerConf {
         threads: 1,
         ..ServerConf::default()

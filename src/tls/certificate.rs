@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -79,7 +78,7 @@ impl Certificate {
             rustls::pki_types::pem::Error::NoItemsFound => Error::NoKey,
             other => Error::Key(other.to_string()),
         })?;
-        let signing_key = ring::default_provider()
+        let signing_key = super::provider()
             .key_provider
             .load_private_key(key)
             .map_err(|e| Error::Key(e.to_string()))?;

@@ -310,3 +310,92 @@ async fn sessions_resume_after_hundreds_of_other_connections() {
     }
     assert_eq!(pylon.metric("pylon_tls_session_tickets_accepted_total"), 0.0);
 }
+
+/// Certificates with RSA, ECDSA P-384 and Ed25519 keys are served as well as P-256 ones, on
+/// TLS 1.3 and 1.2 (Ed25519 on 1.3 only), and the key exchange follows the client's order,
+/// including the post-quantum hybrid X25519MLKEM768 that current browsers offer first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_type_and_the_post_quantum_key_exchange() {
+    use pylon::acme::keys::KeySpec;
+    use rustls::NamedGroup;
+    use rustls::crypto::aws_lc_rs::kx_group;
+    use tokio_rustls::rustls::version;
+
+    let up = Upstream::start("up");
+    let ca = TestCa::new();
+    let keys = [
+        ("rsa.test", KeySpec::Rsa(2048)),
+        ("rsa4096.test", KeySpec::Rsa(4096)),
+        ("p384.test", KeySpec::EcdsaP384),
+        ("ed25519.test", KeySpec::Ed25519),
+        ("p256.test", KeySpec::EcdsaP256),
+    ];
+    let mut yaml = format!("{CLASS}{}", service("up", &[up.addr]));
+    let mut leaves = Vec::new();
+    for (host, spec) in keys {
+        let leaf = ca.issue_with(&[host], spec);
+        yaml += &tls_secret(&host.replace('.', "-"), &leaf);
+        leaves.push((host, spec, leaf));
+    }
+    let secrets: Vec<(String, [&str; 1])> = keys
+        .iter()
+        .map(|(host, _)| (host.replace('.', "-"), [*host]))
+        .collect();
+    let tls: Vec<(&[&str], &str)> = secrets
+        .iter()
+        .map(|(secret, hosts)| (&hosts[..], secret.as_str()))
+        .collect();
+    let rules: Vec<(&str, &str, &str, &str)> = keys
+        .iter()
+        .map(|(host, _)| (*host, "/", "Prefix", "up"))
+        .collect();
+    yaml += &IngressYaml {
+        tls: &tls,
+        rules: &rules,
+        ..Default::default()
+    }
+    .render();
+    let pylon = Pylon::start(&[("all.yaml", &yaml)]);
+
+    let tls13 = TlsClient::trusting_versions(&ca.pem, H2_H1, &[&version::TLS13]);
+    let tls12 = TlsClient::trusting_versions(&ca.pem, H2_H1, &[&version::TLS12]);
+    for (host, spec, leaf) in &leaves {
+        let mut clients = vec![("TLS 1.3", &tls13)];
+        if *spec != KeySpec::Ed25519 {
+            clients.push(("TLS 1.2", &tls12));
+        }
+        for (version, client) in clients {
+            let (resp, cert) = client
+                .get(pylon.https, host, "/")
+                .await
+                .unwrap_or_else(|e| panic!("{spec} over {version}: {e}"));
+            assert_eq!(resp.status, 200, "{spec} over {version}");
+            assert_eq!(cert.serial, leaf.serial, "{spec} over {version}");
+        }
+    }
+
+    // The server takes the first group in the client's list that it supports.
+    for (groups, expected) in [
+        (
+            &[kx_group::X25519MLKEM768, kx_group::X25519][..],
+            NamedGroup::X25519MLKEM768,
+        ),
+        (
+            &[kx_group::X25519, kx_group::X25519MLKEM768][..],
+            NamedGroup::X25519,
+        ),
+        (&[kx_group::SECP256R1][..], NamedGroup::secp256r1),
+        (&[kx_group::SECP384R1][..], NamedGroup::secp384r1),
+    ] {
+        let client = TlsClient::trusting_kx_groups(&ca.pem, H2_H1, groups);
+        let (tls, cert) = client.connect(pylon.https, "p256.test").await.unwrap();
+        let group = tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name());
+        let offered: Vec<NamedGroup> = groups.iter().map(|g| g.name()).collect();
+        assert_eq!(group, Some(expected), "client offers {offered:?}");
+        assert_eq!(cert.serial, leaves[4].2.serial);
+        let resp = TlsClient::send(tls, "p256.test", crate::support::client::get("p256.test", "/"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200, "{expected:?}");
+    }
+}

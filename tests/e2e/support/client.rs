@@ -113,10 +113,7 @@ impl TlsClient {
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Self {
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_pemfile_certs(ca_pem) {
-            roots.add(cert).expect("CA certificate");
-        }
+        let roots = roots(ca_pem);
         Self::build(alpn, versions, |b| {
             b.with_root_certificates(roots).with_no_client_auth()
         })
@@ -130,12 +127,38 @@ impl TlsClient {
         })
     }
 
+    /// Offers only the key exchange groups `groups`, in that order (aws-lc-rs's, which include
+    /// the post-quantum hybrid `X25519MLKEM768`), and sends a key share for the first.
+    pub fn trusting_kx_groups(
+        ca_pem: &str,
+        alpn: &[&[u8]],
+        groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+    ) -> Self {
+        let provider = rustls::crypto::CryptoProvider {
+            kx_groups: groups.to_vec(),
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let roots = roots(ca_pem);
+        Self::build_with(provider, alpn, rustls::DEFAULT_VERSIONS, |b| {
+            b.with_root_certificates(roots).with_no_client_auth()
+        })
+    }
+
     fn build(
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
         verify: impl FnOnce(rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>) -> ClientConfig,
     ) -> Self {
-        let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        Self::build_with(rustls::crypto::ring::default_provider(), alpn, versions, verify)
+    }
+
+    fn build_with(
+        provider: rustls::crypto::CryptoProvider,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        verify: impl FnOnce(rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>) -> ClientConfig,
+    ) -> Self {
+        let builder = ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(versions)
             .expect("protocol versions");
         let mut config = verify(builder);
@@ -246,6 +269,14 @@ impl TlsClient {
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Result<(Response, PeerCert), Error> {
         self.request(addr, host, get(host, path)).await
     }
+}
+
+fn roots(ca_pem: &str) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile_certs(ca_pem) {
+        roots.add(cert).expect("CA certificate");
+    }
+    roots
 }
 
 fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {

@@ -42,9 +42,15 @@ impl TestCa {
         Self { issuer, pem }
     }
 
-    /// A leaf for `names` (wildcards allowed), signed by this CA.
+    /// A leaf for `names` (wildcards allowed) with an ECDSA P-256 key, signed by this CA.
     pub fn issue(&self, names: &[&str]) -> Leaf {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        self.issue_with(names, ::pylon::acme::keys::KeySpec::EcdsaP256)
+    }
+
+    /// A leaf for `names` with a new key of kind `spec`, signed by this CA.
+    pub fn issue_with(&self, names: &[&str], spec: ::pylon::acme::keys::KeySpec) -> Leaf {
+        let der = spec.generate().expect("key");
+        let key = spec.key_pair(&der).expect("key pair");
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
