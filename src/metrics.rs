@@ -307,6 +307,10 @@ impl Metrics {
             .registry
             .register(Box::new(routes))
             .expect("metric names are unique");
+        metrics
+            .registry
+            .register(Box::new(KeyExchanges::new()))
+            .expect("metric names are unique");
         Arc::new(metrics)
     }
 
@@ -318,6 +322,43 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// The listeners' key exchanges by group ([`crate::tls::kx`]), read at scrape time.
+struct KeyExchanges {
+    desc: Desc,
+}
+
+const KEY_EXCHANGES: &str = "pylon_tls_key_exchanges_total";
+const KEY_EXCHANGES_HELP: &str =
+    "Key exchanges of TLS handshakes, by group (X25519MLKEM768 is the post-quantum hybrid)";
+
+impl KeyExchanges {
+    fn new() -> Self {
+        let desc = Desc::new(
+            KEY_EXCHANGES.into(),
+            KEY_EXCHANGES_HELP.into(),
+            vec!["group".into()],
+            Default::default(),
+        )
+        .expect("valid metric");
+        Self { desc }
+    }
+}
+
+impl Collector for KeyExchanges {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let counter = IntCounterVec::new(Opts::new(KEY_EXCHANGES, KEY_EXCHANGES_HELP), &["group"])
+            .expect("valid metric");
+        for (group, n) in crate::tls::kx::counts() {
+            counter.with_label_values(&[group.as_str()]).inc_by(n);
+        }
+        counter.collect()
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod certificate;
 mod index;
+pub mod kx;
 mod resolver;
 pub mod tickets;
 
@@ -25,9 +26,13 @@ use pingora::tls::TlsAcceptor;
 /// RSA-2048 handshake is mostly that signature); ECDSA and the ciphers are on a par or faster.
 /// It also offers the post-quantum hybrid key exchange X25519MLKEM768 (after X25519, P-256 and
 /// P-384 in pylon's preference; rustls follows the client's order, and current browsers put it
-/// first). pylon's clients (ACME, Kubernetes API) keep ring.
+/// first). Each group counts its key exchanges ([`kx::counts`]). pylon's clients (ACME,
+/// Kubernetes API) keep ring.
 pub fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::aws_lc_rs::default_provider()
+    rustls::crypto::CryptoProvider {
+        kx_groups: kx::groups(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
 }
 
 /// Sets how clients resume TLS sessions on `acceptor` (`tls.session-resumption`).

@@ -398,4 +398,13 @@ async fn every_key_type_and_the_post_quantum_key_exchange() {
             .unwrap();
         assert_eq!(resp.status, 200, "{expected:?}");
     }
+    // Every handshake above is counted by its group; the clients before this loop offer X25519.
+    for (group, n) in [("X25519MLKEM768", 1.0), ("secp256r1", 1.0), ("secp384r1", 1.0)] {
+        assert_eq!(
+            pylon.metric(&format!("pylon_tls_key_exchanges_total{{group=\"{group}\"}}")),
+            n,
+            "{group}"
+        );
+    }
+    assert!(pylon.metric("pylon_tls_key_exchanges_total{group=\"X25519\"}") >= 10.0);
 }
