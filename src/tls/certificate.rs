@@ -78,10 +78,7 @@ impl Certificate {
             rustls::pki_types::pem::Error::NoItemsFound => Error::NoKey,
             other => Error::Key(other.to_string()),
         })?;
-        let signing_key = super::provider()
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| Error::Key(e.to_string()))?;
+        let signing_key = super::load_private_key(key).map_err(|e| Error::Key(e.to_string()))?;
         let certified = CertifiedKey::new(chain, signing_key);
         match certified.keys_match() {
             Ok(()) => {}

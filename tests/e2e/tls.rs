@@ -330,20 +330,21 @@ async fn every_key_type_and_the_post_quantum_key_exchange() {
         ("ed25519.test", KeySpec::Ed25519),
         ("p256.test", KeySpec::EcdsaP256),
     ];
+    // One Secret per host, named after it.
+    let secrets: Vec<([&str; 1], String)> = keys
+        .iter()
+        .map(|(host, _)| ([*host], host.replace('.', "-")))
+        .collect();
     let mut yaml = format!("{CLASS}{}", service("up", &[up.addr]));
     let mut leaves = Vec::new();
-    for (host, spec) in keys {
+    for ((host, spec), (_, secret)) in keys.into_iter().zip(&secrets) {
         let leaf = ca.issue_with(&[host], spec);
-        yaml += &tls_secret(&host.replace('.', "-"), &leaf);
+        yaml += &tls_secret(secret, &leaf);
         leaves.push((host, spec, leaf));
     }
-    let secrets: Vec<(String, [&str; 1])> = keys
-        .iter()
-        .map(|(host, _)| (host.replace('.', "-"), [*host]))
-        .collect();
     let tls: Vec<(&[&str], &str)> = secrets
         .iter()
-        .map(|(secret, hosts)| (&hosts[..], secret.as_str()))
+        .map(|(hosts, secret)| (&hosts[..], secret.as_str()))
         .collect();
     let rules: Vec<(&str, &str, &str, &str)> = keys
         .iter()
