@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -38,7 +37,7 @@ use crate::proxy::{HeadLimits, InFlight, Listener, Proxy, ProxyApp, ProxyService
 use crate::snapshot::Published;
 use crate::source::files::FilesSource;
 use crate::source::{ObjectKey, World};
-use crate::tls::{HandshakeCallbacks, SessionTickets, SniResolver};
+use crate::tls::{self, SessionTickets, SniResolver};
 use crate::translate::Settings;
 
 /// The name in pylon's self-signed default certificate.
@@ -62,7 +61,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("cannot generate the default certificate: {0}")]
-    DefaultCertificate(#[from] crate::tls::Error),
+    DefaultCertificate(#[from] tls::Error),
     #[error("cannot set up TLS session resumption: {0}")]
     SessionResumption(#[from] rustls::Error),
     #[error("cannot configure the Kubernetes client: {0}")]
@@ -115,7 +114,7 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     let settings = Settings::new(
         &config.ingress,
         &config.acme,
-        crate::tls::self_signed(DEFAULT_CERT_NAME)?,
+        tls::self_signed(DEFAULT_CERT_NAME)?,
     );
     let mut control = Control::new(settings, published.clone(), metrics.clone(), health.clone());
     let options = manager::Options {
@@ -176,10 +175,6 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
             timeouts: metrics.client_header_timeouts.clone(),
         },
     );
-    let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallbacks::new(metrics.clone())))
-        .expect("TLS settings without files cannot fail");
-    tls.set_cert_resolver(Arc::new(SniResolver::new(published.clone(), &metrics)));
-    tls.enable_h2();
     let tickets = if config.tls.session_resumption {
         Some(Arc::new(SessionTickets::new(
             config.tls.session_ticket_rotation,
@@ -192,7 +187,10 @@ pub fn run(config: Config, published: Published, metrics: Arc<Metrics>) -> Resul
     let proxy_protocol = config.listen.proxy_protocol;
     let listeners = vec![
         https_listener
-            .tls(tls, tickets.clone())
+            .tls(tls::server_config(
+                Arc::new(SniResolver::new(published.clone(), &metrics)),
+                tickets.clone(),
+            ))
             .proxy_protocol(proxy_protocol),
         http_listener.proxy_protocol(proxy_protocol),
     ];

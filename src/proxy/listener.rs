@@ -15,20 +15,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
 use super::ProxyApp;
 use super::coalesce::Coalesced;
 use super::proxy_protocol;
+use super::tls_stream::TlsStream;
 use crate::admin::Health;
 use crate::metrics::Metrics;
-use crate::tls::SessionTickets;
 
 /// How long a client may take to complete its TLS handshake (nginx and pingora allow 60 s).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,7 +46,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Listener {
     name: &'static str,
     socket: std::net::TcpListener,
-    tls: Option<Arc<Acceptor>>,
+    tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
 }
 
@@ -76,12 +76,9 @@ impl Listener {
         self
     }
 
-    /// Makes this a TLS listener; `tickets` as in
-    /// [`set_session_resumption`](crate::tls::set_session_resumption).
-    pub fn tls(mut self, settings: TlsSettings, tickets: Option<Arc<SessionTickets>>) -> Self {
-        let mut acceptor = settings.build();
-        crate::tls::set_session_resumption(&mut acceptor, tickets);
-        self.tls = Some(Arc::new(acceptor));
+    /// Makes this a TLS listener with `config` ([`crate::tls::server_config`]).
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(TlsAcceptor::from(config));
         self
     }
 }
@@ -197,7 +194,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 /// boxed future runs: the set-up (PROXY header, TLS handshake), then [`ProxyApp`]'s.
 #[derive(Clone)]
 struct Connection {
-    tls: Option<Arc<Acceptor>>,
+    tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
     app: Arc<ProxyApp>,
     metrics: Arc<Metrics>,
@@ -235,8 +232,14 @@ impl Connection {
         let Some(acceptor) = &self.tls else {
             return Some(Box::new(socket));
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(socket)).await {
-            Ok(Ok(tls)) => Some(Box::new(tls)),
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(acceptor, socket)).await {
+            Ok(Ok(tls)) => {
+                self.metrics
+                    .tls_handshakes
+                    .with_label_values(&[tls.version()])
+                    .inc();
+                Some(Box::new(tls))
+            }
             Ok(Err(e)) => {
                 self.metrics.tls_handshake_failures.inc();
                 debug!(%peer, error = %e, "TLS handshake failed");

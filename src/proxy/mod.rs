@@ -57,6 +57,7 @@ mod listener;
 mod proxy_protocol;
 mod replay;
 mod respond;
+mod tls_stream;
 
 pub use connection::{HeadLimits, ProxyApp};
 pub use listener::{Listener, ProxyService};
@@ -83,7 +84,6 @@ use crate::metrics::Metrics;
 use crate::routing::Route;
 use crate::routing::host::MAX_HOST_LEN;
 use crate::snapshot::Published;
-use crate::tls::ConnectionInfo;
 
 /// Path prefix of ACME HTTP-01 challenges; never redirected to HTTPS.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -247,8 +247,9 @@ fn is_hop_by_hop(name: &http::HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-fn tls_info(digest: Option<&Digest>) -> Option<&ConnectionInfo> {
-    digest?.ssl_digest.as_ref()?.extension.get::<ConnectionInfo>()
+/// The client connection's TLS version ("TLSv1_3"), if it is a TLS connection.
+fn tls_version(digest: Option<&Digest>) -> Option<&str> {
+    Some(&digest?.ssl_digest.as_ref()?.version)
 }
 
 #[async_trait]
@@ -591,7 +592,6 @@ impl ProxyHttp for Proxy {
         }
         let mut buf = [0; MAX_HOST_LEN];
         let host = routing_host(req, &mut buf);
-        let tls = tls_info(session.digest());
         let alpn = match (ctx.tls, session.is_http2()) {
             (false, _) => None,
             (true, true) => Some("h2"),
@@ -616,7 +616,7 @@ impl ProxyHttp for Proxy {
             ingress: ctx.route.as_ref().map(|r| r.ingress.to_string()),
             service: ctx.route.as_ref().map(|r| r.backend.id.to_string()),
             request_id: ctx.request_id.as_ref().and_then(|id| id.to_str().ok()),
-            tls_version: tls.map(|t| t.version),
+            tls_version: tls_version(session.digest()),
             alpn,
             user_agent: req
                 .headers

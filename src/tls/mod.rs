@@ -11,13 +11,10 @@ pub mod tickets;
 
 pub use certificate::{Certificate, Error, self_signed};
 pub use index::{CertIndex, CertIndexBuilder, Matched};
-pub use resolver::{ConnectionInfo, HandshakeCallbacks, SniResolver};
+pub use resolver::SniResolver;
 pub use tickets::SessionTickets;
 
 use std::sync::Arc;
-
-use pingora::listeners::tls::Acceptor;
-use pingora::tls::TlsAcceptor;
 
 /// The crypto provider of pylon's TLS listeners and of the certificates' private keys:
 /// aws-lc-rs.
@@ -45,18 +42,28 @@ pub(crate) fn load_private_key(
     KEYS.load_private_key(key)
 }
 
-/// Sets how clients resume TLS sessions on `acceptor` (`tls.session-resumption`).
+/// The rustls configuration of pylon's TLS listeners: TLS 1.2 and 1.3 with [`provider`],
+/// certificates chosen by `resolver`, ALPN `h2` then `http/1.1`, and session resumption as
+/// below (`tls.session-resumption`).
 ///
-/// `Some`: stateless session tickets under `tickets`' keys, so any client can resume, on any
-/// replica when the keys are shared. (rustls's default keeps sessions in a 256-entry cache and
-/// hands out two tickets per connection, so on a busy listener a client's session is gone after
-/// about 128 other connections.) TLS 1.3 resumption still runs an (EC)DHE exchange, no 0-RTT
-/// data is accepted, and rustls resumes a session only for the server name it was made for.
-/// TLS 1.2 clients without ticket support keep rustls's session cache.
+/// `tickets` `Some`: stateless session tickets under `tickets`' keys, so any client can resume,
+/// on any replica when the keys are shared. (rustls's default keeps sessions in a 256-entry
+/// cache and hands out two tickets per connection, so on a busy listener a client's session is
+/// gone after about 128 other connections.) TLS 1.3 resumption still runs an (EC)DHE exchange,
+/// no 0-RTT data is accepted, and rustls resumes a session only for the server name it was made
+/// for. TLS 1.2 clients without ticket support keep rustls's session cache.
 ///
 /// `None`: no tickets and no cache; every connection makes a full handshake.
-pub fn set_session_resumption(acceptor: &mut Acceptor, tickets: Option<Arc<SessionTickets>>) {
-    let mut config = (**acceptor.acceptor.config()).clone();
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    tickets: Option<Arc<SessionTickets>>,
+) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     match tickets {
         Some(tickets) => config.ticketer = tickets,
         None => {
@@ -64,5 +71,5 @@ pub fn set_session_resumption(acceptor: &mut Acceptor, tickets: Option<Arc<Sessi
             config.send_tls13_tickets = 0;
         }
     }
-    acceptor.acceptor = TlsAcceptor::from(Arc::new(config));
+    Arc::new(config)
 }

@@ -1,11 +1,7 @@
-//! The rustls SNI resolver and the handshake callback that records per-connection facts.
+//! The rustls SNI resolver.
 
-use std::any::Any;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
 use prometheus::IntCounter;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -46,35 +42,5 @@ impl ResolvesServerCert for SniResolver {
         let (matched, key) = snapshot.certs.find(hello.server_name())?;
         self.hellos[matched as usize].inc();
         Some(key.clone())
-    }
-}
-
-/// Facts about a TLS connection, attached to it after the handshake.
-#[derive(Debug)]
-pub struct ConnectionInfo {
-    pub server_name: Option<Box<str>>,
-    pub version: &'static str,
-}
-
-/// pingora's TLS accept callbacks: count handshakes and attach [`ConnectionInfo`].
-pub struct HandshakeCallbacks {
-    metrics: Arc<Metrics>,
-}
-
-impl HandshakeCallbacks {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-#[async_trait]
-impl TlsAccept for HandshakeCallbacks {
-    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
-        let version = tls.version().unwrap_or("unknown");
-        self.metrics.tls_handshakes.with_label_values(&[version]).inc();
-        Some(Arc::new(ConnectionInfo {
-            server_name: tls.server_name().map(Into::into),
-            version,
-        }))
     }
 }

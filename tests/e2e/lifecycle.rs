@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::client::http_get;
+use crate::support::client::{TlsClient, http_get};
 use crate::support::pylon::{Options, Pylon};
 use crate::support::single_route;
 use crate::support::upstream::Upstream;
@@ -26,21 +26,27 @@ async fn health_metrics_and_access_log() {
         http_get(pylon.http, "nowhere.test", "/").await.unwrap().status,
         404
     );
+    let (resp, _) = TlsClient::insecure(&[b"h2"])
+        .get(pylon.https, "app.test", "/over-tls")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
 
     // Requests are counted after their response is sent: wait for the last one.
     pylon.eventually(Duration::from_secs(3), "all requests counted", || {
-        pylon.metric("pylon_request_duration_seconds_count") >= 4.0
+        pylon.metric("pylon_request_duration_seconds_count") >= 5.0
     });
     let metrics = pylon.metrics();
     for line in [
-        r#"pylon_requests_total{ingress="app",method="GET",namespace="default",service="up",status="2xx"} 3"#,
+        r#"pylon_requests_total{ingress="app",method="GET",namespace="default",service="up",status="2xx"} 4"#,
         r#"pylon_requests_total{ingress="",method="GET",namespace="",service="",status="4xx"} 1"#,
         "pylon_routes 1",
         "pylon_backends 1",
         "pylon_endpoints 1",
         "pylon_build_info{version=",
-        "pylon_request_duration_seconds_count 4",
-        "pylon_upstream_response_duration_seconds_count 3",
+        "pylon_request_duration_seconds_count 5",
+        "pylon_upstream_response_duration_seconds_count 4",
+        r#"pylon_tls_handshakes_total{version="TLSv1_3"} 1"#,
     ] {
         assert!(metrics.contains(line), "missing {line}\n{metrics}");
     }
@@ -54,9 +60,15 @@ async fn health_metrics_and_access_log() {
     );
 
     pylon.eventually(Duration::from_secs(3), "access log written", || {
-        pylon.access_log().len() >= 4
+        pylon.access_log().len() >= 5
     });
     let log = pylon.access_log();
+    let tls = log
+        .iter()
+        .find(|l| l["path"] == "/over-tls")
+        .expect("the request over TLS logged");
+    assert_eq!(tls["tls_version"], "TLSv1_3");
+    assert_eq!(tls["alpn"], "h2");
     let line = log
         .iter()
         .find(|l| l["path"] == "/hello")
@@ -76,6 +88,7 @@ async fn health_metrics_and_access_log() {
             .as_str()
             .is_some_and(|c| c.starts_with("127.0.0.1:"))
     );
+    assert!(line["tls_version"].is_null(), "plain HTTP: {line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
