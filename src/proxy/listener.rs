@@ -20,7 +20,6 @@ use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
 use super::ProxyApp;
@@ -46,7 +45,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Listener {
     name: &'static str,
     socket: std::net::TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     proxy_protocol: bool,
 }
 
@@ -78,7 +77,7 @@ impl Listener {
 
     /// Makes this a TLS listener with `config` ([`crate::tls::server_config`]).
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
-        self.tls = Some(TlsAcceptor::from(config));
+        self.tls = Some(config);
         self
     }
 }
@@ -194,7 +193,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 /// boxed future runs: the set-up (PROXY header, TLS handshake), then [`ProxyApp`]'s.
 #[derive(Clone)]
 struct Connection {
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     proxy_protocol: bool,
     app: Arc<ProxyApp>,
     metrics: Arc<Metrics>,
@@ -228,11 +227,10 @@ impl Connection {
         let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
         let _ = digest.peer_addr.set(Some(peer.into()));
         l4.set_socket_digest(digest);
-        let socket = Coalesced::new(l4);
-        let Some(acceptor) = &self.tls else {
-            return Some(Box::new(socket));
+        let Some(config) = &self.tls else {
+            return Some(Box::new(Coalesced::new(l4)));
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(acceptor, socket)).await {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(config.clone(), l4)).await {
             Ok(Ok(tls)) => {
                 self.metrics
                     .tls_handshakes

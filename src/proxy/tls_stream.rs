@@ -1,47 +1,165 @@
-//! A client's TLS connection, as pingora's proxy reads and writes it.
+//! A client's TLS connection, as pingora's proxy reads and writes it, that holds no buffers while
+//! the connection is idle.
 //!
 //! pingora's own TLS stream type keeps room for a whole client and a whole server handshake
-//! beside the connection (`Option`s of tokio-rustls's handshake futures, each holding a
-//! connection inline), and a copy of the connection's facts: 4 800 bytes per connection. This
-//! one is tokio-rustls's server stream and a pointer (1 600 bytes), and the handshake runs
-//! before it exists.
+//! beside the connection, and a copy of the connection's facts: 4 800 bytes per connection.
+//! Under it, rustls's buffered connection keeps a 4 KiB receive buffer for the connection's
+//! life. This stream drives rustls's unbuffered connection instead and owns the buffers:
+//! - received records wait in `incoming`, which is freed when everything in it has been
+//!   processed and the socket has nothing more to read;
+//! - encrypted records wait in `outgoing` until the flush that ends a response, so that a
+//!   response's head, body and records leave in one system call, and it is freed then;
+//! - decrypted bytes that did not fit the reader's buffer wait in `plain`.
+//!
+//! An idle keep-alive connection is the rustls state (its keys and record layer), the socket
+//! and a pointer to the shared digest.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, TimingDigest,
     UniqueID, UniqueIDType,
 };
-use rustls::CipherSuite;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream as RustlsStream;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic};
+use rustls::{CipherSuite, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
-use super::coalesce::Coalesced;
+/// Writes up to this size wait for the flush; larger ones go out at once (after what waits).
+/// One TCP segment.
+const GATHER_LIMIT: usize = 1460;
+/// How much is read from the socket at a time (as rustls's own connection reads).
+const READ_SIZE: usize = 4096;
+/// A write waits (returns `Pending`) while this much encrypted data has not been sent.
+const SEND_LIMIT: usize = 64 * 1024;
+/// Plaintext encrypted per record (TLS's maximum fragment).
+const RECORD_PLAINTEXT: usize = 16 * 1024;
+/// What a record adds to its plaintext at most: header, explicit nonce (TLS 1.2), content type
+/// (TLS 1.3) and tag.
+const RECORD_OVERHEAD: usize = 5 + 8 + 1 + 16 + 16;
+/// A close_notify alert's record, with room to spare.
+const CLOSE_NOTIFY_SIZE: usize = 64;
 
-/// A client connection after its TLS handshake.
-#[derive(Debug)]
+/// A client connection over TLS.
 pub(super) struct TlsStream {
-    inner: RustlsStream<Coalesced>,
+    conn: UnbufferedServerConnection,
+    socket: L4Stream,
+    /// Records received; `incoming[..received]` is what has not been processed yet. Freed when
+    /// empty and the socket has nothing to read.
+    incoming: Vec<u8>,
+    received: usize,
+    /// Records to send: `outgoing[sent..queued]` has not been written to the socket yet.
+    /// (`outgoing`'s length is how much of it is initialised.) Freed when all is sent.
+    outgoing: Vec<u8>,
+    sent: usize,
+    queued: usize,
+    /// Decrypted bytes the reader has not taken yet: `plain[taken..]`.
+    plain: Vec<u8>,
+    taken: usize,
+    /// The socket read its end.
+    socket_eof: bool,
+    /// The client sent close_notify: reads return the end of the stream.
+    peer_closed: bool,
+    /// pylon's close_notify is queued.
+    closing: bool,
     /// The connection's protocol version and cipher, for pingora's request digest (shared by
     /// every connection with the same ones).
     digest: Arc<SslDigest>,
 }
 
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("socket", &self.socket)
+            .field("version", &self.digest.version)
+            .finish_non_exhaustive()
+    }
+}
+
+type Traffic<'c> = WriteTraffic<'c, rustls::server::ServerConnectionData>;
+/// Encodes into `outgoing` from `queued` on, and moves `queued` past what it encoded.
+type WriteFn<'f> = &'f mut dyn FnMut(&mut Traffic<'_>, &mut Vec<u8>, &mut usize) -> io::Result<()>;
+
+/// A TLS error as an I/O error (the client sent something rustls refuses).
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// What processing the received records came to.
+enum Processed {
+    /// Decrypted data is in `plain`.
+    Data,
+    /// Nothing more can be done without more records from the client.
+    NeedMore,
+    /// The client closed the connection cleanly.
+    Closed,
+    /// The write given to [`TlsStream::process_then`] ran.
+    Wrote,
+}
+
 impl TlsStream {
     /// Runs the server side of the handshake on `socket`.
-    pub(super) async fn accept(acceptor: &TlsAcceptor, socket: Coalesced) -> io::Result<Self> {
-        let inner = acceptor.accept(socket).await?;
-        let digest = digest_of(inner.get_ref().1.negotiated_cipher_suite());
-        Ok(Self { inner, digest })
+    pub(super) async fn accept(config: Arc<ServerConfig>, socket: L4Stream) -> io::Result<Self> {
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        let mut stream = Self {
+            conn,
+            socket,
+            incoming: Vec::new(),
+            received: 0,
+            outgoing: Vec::new(),
+            sent: 0,
+            queued: 0,
+            plain: Vec::new(),
+            taken: 0,
+            socket_eof: false,
+            peer_closed: false,
+            closing: false,
+            digest: digest_of(None),
+        };
+        match std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
+            Ok(()) => {
+                stream.digest = digest_of(stream.conn.negotiated_cipher_suite());
+                stream.release_outgoing();
+                if stream.received == 0 {
+                    stream.incoming = Vec::new();
+                }
+                Ok(stream)
+            }
+            Err(e) => {
+                // Tell the client why (the alert rustls queued), if the socket takes it now.
+                let _ = stream.process();
+                let _ = std::future::poll_fn(|cx| Poll::Ready(stream.poll_send(cx))).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let processed = self.process()?;
+            ready!(self.poll_send(cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(processed, Processed::Closed) {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            if matches!(processed, Processed::NeedMore) {
+                ready!(self.poll_receive(cx))?;
+                if self.socket_eof {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+        }
     }
 
     /// The negotiated protocol version, as rustls names it ("TLSv1_3").
@@ -49,8 +167,177 @@ impl TlsStream {
         &self.digest.version
     }
 
-    fn socket(&self) -> &Coalesced {
-        self.inner.get_ref().0
+    /// Processes the received records: decrypts application data into `plain`, and encodes
+    /// what the handshake (or a key update, or an alert) sends into `outgoing`.
+    fn process(&mut self) -> io::Result<Processed> {
+        self.process_then(None)
+    }
+
+    /// As [`process`](Self::process), and then, once the connection may send application data,
+    /// runs `write` (which encodes into `outgoing` from `queued` on) and returns
+    /// [`Processed::Wrote`]. Every state rustls reports is dealt with here, so that what it
+    /// hands out (a handshake message to send, the records to discard) is never lost.
+    fn process_then(&mut self, mut write: Option<WriteFn<'_>>) -> io::Result<Processed> {
+        let Self {
+            conn,
+            incoming,
+            received,
+            outgoing,
+            queued,
+            plain,
+            peer_closed,
+            ..
+        } = self;
+        let mut data = false;
+        loop {
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[..*received]);
+            let step = match state {
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    data = true;
+                    let mut result = Ok(None);
+                    while let Some(record) = records.next_record() {
+                        match record {
+                            Ok(record) => plain.extend_from_slice(record.payload),
+                            Err(e) => {
+                                result = Err(tls_error(e));
+                                break;
+                            }
+                        }
+                    }
+                    result
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => loop {
+                    match encode.encode(&mut outgoing[*queued..]) {
+                        Ok(n) => {
+                            *queued += n;
+                            break Ok(None);
+                        }
+                        Err(EncodeError::InsufficientSize(e)) => {
+                            outgoing.resize(*queued + e.required_size, 0)
+                        }
+                        Err(EncodeError::AlreadyEncoded) => break Ok(None),
+                    }
+                },
+                // What was encoded is sent by `poll_send`, before the next read waits.
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    Ok(None)
+                }
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match write.take() {
+                    Some(write) => write(&mut traffic, outgoing, queued).map(|()| Some(Processed::Wrote)),
+                    None => Ok(Some(if data {
+                        Processed::Data
+                    } else {
+                        Processed::NeedMore
+                    })),
+                },
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(if data {
+                    Processed::Data
+                } else {
+                    Processed::NeedMore
+                })),
+                // Edge-triggered: the next call reports the write state (nothing more can be read).
+                Ok(ConnectionState::PeerClosed) => {
+                    *peer_closed = true;
+                    if write.is_some() {
+                        Ok(None)
+                    } else {
+                        Ok(Some(Processed::Closed))
+                    }
+                }
+                Ok(ConnectionState::Closed) => {
+                    *peer_closed = true;
+                    Ok(Some(Processed::Closed))
+                }
+                // Early data is off (`max_early_data_size` is 0); anything newer is unknown.
+                Ok(state) => Err(io::Error::other(format!("unexpected TLS state {state:?}"))),
+                Err(e) => Err(tls_error(e)),
+            };
+            incoming.copy_within(discard..*received, 0);
+            *received -= discard;
+            match step {
+                Ok(Some(Processed::Closed)) if data => return Ok(Processed::Data),
+                Ok(Some(processed)) => return Ok(processed),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads what the socket has into `incoming`. Ready with `socket_eof` set at its end.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.incoming.len() < self.received + READ_SIZE {
+            self.incoming.resize(self.received + READ_SIZE, 0);
+        }
+        let mut buf = ReadBuf::new(&mut self.incoming[self.received..]);
+        match Pin::new(&mut self.socket).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                self.received += n;
+                self.socket_eof = n == 0;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.received == 0 {
+                    self.incoming = Vec::new();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Writes the queued records to the socket; Ready when all are written.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.queued {
+            let n =
+                ready!(Pin::new(&mut self.socket).poll_write(cx, &self.outgoing[self.sent..self.queued]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.sent = 0;
+        self.queued = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encrypts `data` into `outgoing`.
+    fn encrypt(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut encrypt = |traffic: &mut Traffic<'_>, outgoing: &mut Vec<u8>, queued: &mut usize| {
+            let bound = data.len() + data.len().div_ceil(RECORD_PLAINTEXT).max(1) * RECORD_OVERHEAD;
+            if outgoing.len() < *queued + bound {
+                outgoing.resize(*queued + bound, 0);
+            }
+            loop {
+                match traffic.encrypt(data, &mut outgoing[*queued..]) {
+                    Ok(n) => {
+                        *queued += n;
+                        return Ok(());
+                    }
+                    Err(EncryptError::InsufficientSize(e)) => outgoing.resize(*queued + e.required_size, 0),
+                    Err(e) => return Err(io::Error::other(e)),
+                }
+            }
+        };
+        self.write_with(&mut encrypt)
+    }
+
+    /// Runs `write` once the connection may send application data. What the client sent in the
+    /// meantime is kept for the reader.
+    fn write_with(&mut self, write: WriteFn<'_>) -> io::Result<()> {
+        match self.process_then(Some(write))? {
+            Processed::Wrote => Ok(()),
+            Processed::Closed => Err(io::ErrorKind::BrokenPipe.into()),
+            Processed::Data | Processed::NeedMore => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// Frees the send buffer once everything in it is sent.
+    fn release_outgoing(&mut self) {
+        if self.queued == 0 {
+            self.outgoing = Vec::new();
+        }
     }
 }
 
@@ -84,33 +371,90 @@ impl AsyncRead for TlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if this.taken < this.plain.len() {
+                let n = buf.remaining().min(this.plain.len() - this.taken);
+                buf.put_slice(&this.plain[this.taken..this.taken + n]);
+                this.taken += n;
+                if this.taken == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            let processed = this.process()?;
+            // A key update's answer, or tickets: sent now if the socket takes them, else with
+            // the next write.
+            match this.poll_send(cx) {
+                Poll::Ready(Ok(())) => this.release_outgoing(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            match processed {
+                Processed::Data => continue,
+                Processed::Closed => return Poll::Ready(Ok(())),
+                Processed::NeedMore | Processed::Wrote => {}
+            }
+            if this.socket_eof {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+            ready!(this.poll_receive(cx))?;
+        }
     }
 }
 
 impl AsyncWrite for TlsStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        let this = &mut *self;
+        if this.queued - this.sent >= SEND_LIMIT {
+            ready!(this.poll_send(cx))?;
+        }
+        let n = buf.len().min(SEND_LIMIT);
+        this.encrypt(&buf[..n])?;
+        if n > GATHER_LIMIT {
+            // Sent now as far as the socket takes it; the rest goes with the next write or flush.
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        ready!(this.poll_send(cx))?;
+        this.release_outgoing();
+        Pin::new(&mut this.socket).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if !this.closing && !this.conn.is_handshaking() {
+            this.closing = true;
+            let closed = this.write_with(&mut |traffic, outgoing, queued| {
+                if outgoing.len() < *queued + CLOSE_NOTIFY_SIZE {
+                    outgoing.resize(*queued + CLOSE_NOTIFY_SIZE, 0);
+                }
+                let n = traffic
+                    .queue_close_notify(&mut outgoing[*queued..])
+                    .map_err(io::Error::other)?;
+                *queued += n;
+                Ok(())
+            });
+            if let Err(e) = closed {
+                debug!(error = %e, "TLS close_notify not sent");
+            }
+        }
+        ready!(this.poll_send(cx))?;
+        this.release_outgoing();
+        Pin::new(&mut this.socket).poll_shutdown(cx)
     }
 }
 
@@ -118,7 +462,7 @@ impl AsyncWrite for TlsStream {
 impl Shutdown for TlsStream {
     /// Sends close_notify and closes the socket for writing.
     async fn shutdown(&mut self) {
-        if let Err(e) = AsyncWriteExt::shutdown(self).await {
+        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(self).await {
             debug!(error = %e, "TLS shutdown failed");
         }
     }
@@ -130,7 +474,7 @@ impl Ssl for TlsStream {
     }
 
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        match self.inner.get_ref().1.alpn_protocol()? {
+        match self.conn.alpn_protocol()? {
             b"h2" => Some(ALPN::H2),
             b"http/1.1" => Some(ALPN::H1),
             _ => None,
@@ -144,36 +488,283 @@ impl Peek for TlsStream {}
 
 impl UniqueID for TlsStream {
     fn id(&self) -> UniqueIDType {
-        self.socket().id()
+        self.socket.id()
     }
 }
 
 impl GetTimingDigest for TlsStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.socket().get_timing_digest()
+        self.socket.get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.socket().get_read_pending_time()
+        self.socket.get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.socket().get_write_pending_time()
+        self.socket.get_write_pending_time()
     }
 }
 
 impl GetProxyDigest for TlsStream {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.socket().get_proxy_digest()
+        self.socket.get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for TlsStream {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.socket().get_socket_digest()
+        self.socket.get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.get_mut().0.set_socket_digest(digest);
+        self.socket.set_socket_digest(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::client::TlsStream as ClientStream;
+
+    /// A server config for "tls.test", and a client config that trusts it and offers `versions`
+    /// and `alpn`.
+    fn configs(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["tls.test".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let mut server = ServerConfig::builder_with_provider(Arc::new(crate::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.der().to_vec())).unwrap();
+        let mut client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A connected server stream and client stream over loopback.
+    async fn pair() -> (TlsStream, ClientStream<TcpStream>) {
+        pair_with(rustls::DEFAULT_VERSIONS, &[]).await.unwrap()
+    }
+
+    async fn pair_with(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> Result<(TlsStream, ClientStream<TcpStream>), (io::Error, io::Error)> {
+        let (server, client_config) = configs(versions, alpn);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsStream::accept(server, L4Stream::from(tcp)).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let client = connector
+            .connect(ServerName::try_from("tls.test").unwrap(), tcp)
+            .await;
+        match (accept.await.unwrap(), client) {
+            (Ok(server), Ok(client)) => Ok((server, client)),
+            (server, client) => Err((
+                server.err().unwrap_or_else(|| io::Error::other("server ok")),
+                client.err().unwrap_or_else(|| io::Error::other("client ok")),
+            )),
+        }
+    }
+
+    /// No buffer is held: what an idle connection costs is rustls's state and the socket.
+    fn assert_no_buffers(server: &TlsStream) {
+        assert_eq!(
+            (
+                server.incoming.capacity(),
+                server.outgoing.capacity(),
+                server.plain.capacity()
+            ),
+            (0, 0, 0)
+        );
+    }
+
+    /// Polls one read, which must wait for the client.
+    fn read_waits(server: &mut TlsStream) {
+        let mut buf = [0; 16];
+        let mut buf = ReadBuf::new(&mut buf);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(server).poll_read(&mut cx, &mut buf).is_pending());
+    }
+
+    #[tokio::test]
+    async fn reads_records_larger_than_the_readers_buffer_and_frees_its_buffers_when_idle() {
+        let (mut server, mut client) = pair().await;
+        assert_eq!(server.version(), "TLSv1_3");
+        assert_eq!(server.selected_alpn_proto(), None, "the client offered no ALPN");
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        client.flush().await.unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0; 100];
+        while received.len() < sent.len() {
+            let n = server.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            received.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(received, sent);
+        read_waits(&mut server);
+        assert_no_buffers(&server);
+
+        // And again on the same connection, both ways.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        client.flush().await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        server.flush().await.unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\n\r\n");
+        read_waits(&mut server);
+        assert_no_buffers(&server);
+    }
+
+    #[tokio::test]
+    async fn small_writes_wait_for_the_flush_large_ones_go_at_once() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"head").await.unwrap();
+        server.write_all(b"body").await.unwrap();
+        assert!(server.queued > 0, "gathered");
+        let mut buf = [0; 64];
+        let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut buf)).await;
+        assert!(early.is_err(), "nothing sent before the flush");
+        server.flush().await.unwrap();
+        assert_no_buffers(&server);
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let n = client.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"headbody");
+
+        // 4 MiB against a slow reader: the writer waits, and everything arrives in order.
+        let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 241) as u8).collect();
+        let expected = body.clone();
+        let writer = tokio::spawn(async move {
+            server.write_all(&body).await.unwrap();
+            server.flush().await.unwrap();
+            assert_no_buffers(&server);
+            server
+        });
+        let mut received = Vec::with_capacity(expected.len());
+        let mut buf = vec![0; 7000];
+        while received.len() < expected.len() {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            received.extend_from_slice(&buf[..n]);
+            if received.len() < 1 << 20 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(received == expected, "the 4 MiB arrived unchanged");
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_the_stream_and_a_bare_close_is_an_error() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"last").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last");
+        // The client may still read: the server's reply and its close_notify.
+        server.write_all(b"bye").await.unwrap();
+        AsyncWriteExt::shutdown(&mut server).await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"bye");
+
+        // The client ends its side of the TCP connection without a close_notify.
+        let (mut server, client) = pair().await;
+        let (mut tcp, _) = client.into_inner();
+        tcp.shutdown().await.unwrap();
+        let mut buf = [0; 8];
+        let e = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered() {
+        let (mut server, mut client) = pair().await;
+        let mut buf = [0; 64];
+        for round in 0..3u8 {
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            client.write_all(&[round; 10]).await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < 10 {
+                let n = server.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, [round; 10]);
+            server.write_all(&[round + 100; 5]).await.unwrap();
+            server.flush().await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                let n = client.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, [round + 100; 5]);
+        }
+    }
+
+    #[tokio::test]
+    async fn alpn_and_tls_1_2() {
+        let (server, _client) = pair_with(rustls::DEFAULT_VERSIONS, &[b"h2"]).await.unwrap();
+        assert_eq!(server.selected_alpn_proto(), Some(ALPN::H2));
+
+        let (mut server, mut client) = pair_with(&[&rustls::version::TLS12], &[b"http/1.1"])
+            .await
+            .unwrap();
+        assert_eq!(server.selected_alpn_proto(), Some(ALPN::H1));
+        assert_eq!(server.version(), "TLSv1_2");
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut buf = [0; 8];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_is_told_to_the_client() {
+        let (server, client) = pair_with(rustls::DEFAULT_VERSIONS, &[b"spdy/3"])
+            .await
+            .expect_err("no protocol in common");
+        assert_eq!(server.kind(), io::ErrorKind::InvalidData, "{server}");
+        assert!(
+            client.to_string().contains("NoApplicationProtocol"),
+            "the client got the alert: {client}"
+        );
     }
 }
