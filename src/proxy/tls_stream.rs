@@ -14,6 +14,7 @@
 //! An idle keep-alive connection is the rustls state (its keys and record layer), the socket
 //! and a pointer to the shared digest.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -37,8 +38,8 @@ use tracing::debug;
 /// Writes up to this size wait for the flush; larger ones go out at once (after what waits).
 /// One TCP segment.
 const GATHER_LIMIT: usize = 1460;
-/// How much is read from the socket at a time (as rustls's own connection reads).
-const READ_SIZE: usize = 4096;
+/// How much is read from the socket at a time: a whole record of the largest size.
+const READ_SIZE: usize = 5 + 16 * 1024 + 256;
 /// A write waits (returns `Pending`) while this much encrypted data has not been sent.
 const SEND_LIMIT: usize = 64 * 1024;
 /// Plaintext encrypted per record (TLS's maximum fragment).
@@ -53,16 +54,12 @@ const CLOSE_NOTIFY_SIZE: usize = 64;
 pub(super) struct TlsStream {
     conn: UnbufferedServerConnection,
     socket: L4Stream,
-    /// Records received; `incoming[..received]` is what has not been processed yet. Freed when
-    /// empty and the socket has nothing to read.
+    /// Records received and not processed yet (a record's start, until the rest arrives).
     incoming: Vec<u8>,
-    received: usize,
-    /// Records to send: `outgoing[sent..queued]` has not been written to the socket yet.
-    /// (`outgoing`'s length is how much of it is initialised.) Freed when all is sent.
+    /// Records to send: `outgoing[sent..]` has not been written to the socket yet.
     outgoing: Vec<u8>,
     sent: usize,
-    queued: usize,
-    /// Decrypted bytes the reader has not taken yet: `plain[taken..]`.
+    /// Decrypted bytes that did not fit the reader's buffer: `plain[taken..]`.
     plain: Vec<u8>,
     taken: usize,
     /// The socket read its end.
@@ -76,6 +73,17 @@ pub(super) struct TlsStream {
     digest: Arc<SslDigest>,
 }
 
+thread_local! {
+    /// Where each proxy thread reads records from a socket: the bytes read are copied into the
+    /// connection's `incoming` (a request is a few hundred), so that no buffer is initialised
+    /// per read.
+    static READ_SPACE: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+    /// Where each proxy thread encrypts records: large ones go to the socket from here, and only
+    /// what the socket does not take (or small ones waiting for the flush) is copied into the
+    /// connection's `outgoing`.
+    static WRITE_SPACE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 impl std::fmt::Debug for TlsStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsStream")
@@ -86,8 +94,8 @@ impl std::fmt::Debug for TlsStream {
 }
 
 type Traffic<'c> = WriteTraffic<'c, rustls::server::ServerConnectionData>;
-/// Encodes into `outgoing` from `queued` on, and moves `queued` past what it encoded.
-type WriteFn<'f> = &'f mut dyn FnMut(&mut Traffic<'_>, &mut Vec<u8>, &mut usize) -> io::Result<()>;
+/// Writes in the connection's write state; may append to `outgoing` (the second argument).
+type WriteFn<'f> = &'f mut dyn FnMut(&mut Traffic<'_>, &mut Vec<u8>) -> io::Result<()>;
 
 /// A TLS error as an I/O error (the client sent something rustls refuses).
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -96,13 +104,13 @@ fn tls_error(e: rustls::Error) -> io::Error {
 
 /// What processing the received records came to.
 enum Processed {
-    /// Decrypted data is in `plain`.
+    /// Application data was decrypted.
     Data,
     /// Nothing more can be done without more records from the client.
     NeedMore,
     /// The client closed the connection cleanly.
     Closed,
-    /// The write given to [`TlsStream::process_then`] ran.
+    /// The write given to [`TlsStream::process`] ran.
     Wrote,
 }
 
@@ -114,10 +122,8 @@ impl TlsStream {
             conn,
             socket,
             incoming: Vec::new(),
-            received: 0,
             outgoing: Vec::new(),
             sent: 0,
-            queued: 0,
             plain: Vec::new(),
             taken: 0,
             socket_eof: false,
@@ -128,15 +134,12 @@ impl TlsStream {
         match std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
             Ok(()) => {
                 stream.digest = digest_of(stream.conn.negotiated_cipher_suite());
-                stream.release_outgoing();
-                if stream.received == 0 {
-                    stream.incoming = Vec::new();
-                }
+                stream.release_idle_buffers();
                 Ok(stream)
             }
             Err(e) => {
                 // Tell the client why (the alert rustls queued), if the socket takes it now.
-                let _ = stream.process();
+                let _ = stream.process(None, None);
                 let _ = std::future::poll_fn(|cx| Poll::Ready(stream.poll_send(cx))).await;
                 Err(e)
             }
@@ -145,19 +148,20 @@ impl TlsStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let processed = self.process()?;
+            let processed = self.process(None, None)?;
             ready!(self.poll_send(cx))?;
             if !self.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            if matches!(processed, Processed::Closed) {
-                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-            }
-            if matches!(processed, Processed::NeedMore) {
-                ready!(self.poll_receive(cx))?;
-                if self.socket_eof {
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            match processed {
+                Processed::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Processed::NeedMore => {
+                    ready!(self.poll_receive(cx))?;
+                    if self.socket_eof {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
                 }
+                Processed::Data | Processed::Wrote => {}
             }
         }
     }
@@ -167,37 +171,45 @@ impl TlsStream {
         &self.digest.version
     }
 
-    /// Processes the received records: decrypts application data into `plain`, and encodes
-    /// what the handshake (or a key update, or an alert) sends into `outgoing`.
-    fn process(&mut self) -> io::Result<Processed> {
-        self.process_then(None)
-    }
-
-    /// As [`process`](Self::process), and then, once the connection may send application data,
-    /// runs `write` (which encodes into `outgoing` from `queued` on) and returns
-    /// [`Processed::Wrote`]. Every state rustls reports is dealt with here, so that what it
-    /// hands out (a handshake message to send, the records to discard) is never lost.
-    fn process_then(&mut self, mut write: Option<WriteFn<'_>>) -> io::Result<Processed> {
+    /// Processes the received records: decrypts application data into `read` as far as it
+    /// has room and into `plain` beyond that, and encodes what the handshake (or a key update,
+    /// or an alert) sends into `outgoing`. With `write`: once the connection may send
+    /// application data, runs it and returns [`Processed::Wrote`]. Every state rustls reports
+    /// is dealt with here, so that what it hands out (a message to send, the records to
+    /// discard) is never lost.
+    fn process(
+        &mut self,
+        mut read: Option<&mut ReadBuf<'_>>,
+        mut write: Option<WriteFn<'_>>,
+    ) -> io::Result<Processed> {
         let Self {
             conn,
             incoming,
-            received,
             outgoing,
-            queued,
             plain,
             peer_closed,
             ..
         } = self;
         let mut data = false;
         loop {
-            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[..*received]);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
             let step = match state {
                 Ok(ConnectionState::ReadTraffic(mut records)) => {
                     data = true;
                     let mut result = Ok(None);
                     while let Some(record) = records.next_record() {
                         match record {
-                            Ok(record) => plain.extend_from_slice(record.payload),
+                            Ok(record) => {
+                                let mut payload = record.payload;
+                                if let Some(read) = read.as_deref_mut()
+                                    && plain.is_empty()
+                                {
+                                    let n = payload.len().min(read.remaining());
+                                    read.put_slice(&payload[..n]);
+                                    payload = &payload[n..];
+                                }
+                                plain.extend_from_slice(payload);
+                            }
                             Err(e) => {
                                 result = Err(tls_error(e));
                                 break;
@@ -206,25 +218,28 @@ impl TlsStream {
                     }
                     result
                 }
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => loop {
-                    match encode.encode(&mut outgoing[*queued..]) {
-                        Ok(n) => {
-                            *queued += n;
-                            break Ok(None);
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let start = outgoing.len();
+                    loop {
+                        match encode.encode(&mut outgoing[start..]) {
+                            Ok(n) => {
+                                outgoing.truncate(start + n);
+                                break Ok(None);
+                            }
+                            Err(EncodeError::InsufficientSize(e)) => {
+                                outgoing.resize(start + e.required_size, 0)
+                            }
+                            Err(EncodeError::AlreadyEncoded) => break Ok(None),
                         }
-                        Err(EncodeError::InsufficientSize(e)) => {
-                            outgoing.resize(*queued + e.required_size, 0)
-                        }
-                        Err(EncodeError::AlreadyEncoded) => break Ok(None),
                     }
-                },
+                }
                 // What was encoded is sent by `poll_send`, before the next read waits.
                 Ok(ConnectionState::TransmitTlsData(transmit)) => {
                     transmit.done();
                     Ok(None)
                 }
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => match write.take() {
-                    Some(write) => write(&mut traffic, outgoing, queued).map(|()| Some(Processed::Wrote)),
+                    Some(write) => write(&mut traffic, outgoing).map(|()| Some(Processed::Wrote)),
                     None => Ok(Some(if data {
                         Processed::Data
                     } else {
@@ -253,8 +268,7 @@ impl TlsStream {
                 Ok(state) => Err(io::Error::other(format!("unexpected TLS state {state:?}"))),
                 Err(e) => Err(tls_error(e)),
             };
-            incoming.copy_within(discard..*received, 0);
-            *received -= discard;
+            incoming.drain(..discard);
             match step {
                 Ok(Some(Processed::Closed)) if data => return Ok(Processed::Data),
                 Ok(Some(processed)) => return Ok(processed),
@@ -266,76 +280,90 @@ impl TlsStream {
 
     /// Reads what the socket has into `incoming`. Ready with `socket_eof` set at its end.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.incoming.len() < self.received + READ_SIZE {
-            self.incoming.resize(self.received + READ_SIZE, 0);
-        }
-        let mut buf = ReadBuf::new(&mut self.incoming[self.received..]);
-        match Pin::new(&mut self.socket).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => {
-                let n = buf.filled().len();
-                self.received += n;
-                self.socket_eof = n == 0;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if self.received == 0 {
-                    self.incoming = Vec::new();
+        READ_SPACE.with_borrow_mut(|space| {
+            let mut buf = ReadBuf::new(space);
+            match Pin::new(&mut self.socket).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    self.socket_eof = buf.filled().is_empty();
+                    self.incoming.extend_from_slice(buf.filled());
+                    Poll::Ready(Ok(()))
                 }
-                Poll::Pending
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.release_idle_buffers();
+                    Poll::Pending
+                }
             }
-        }
+        })
     }
 
-    /// Writes the queued records to the socket; Ready when all are written.
+    /// Writes `records` to the socket after what waits in `outgoing`, as far as the socket takes
+    /// them; the rest waits in `outgoing`.
+    fn poll_send_more(&mut self, cx: &mut Context<'_>, records: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        if let Poll::Ready(()) = self.poll_send(cx)? {
+            while done < records.len() {
+                match Pin::new(&mut self.socket).poll_write(cx, &records[done..])? {
+                    Poll::Ready(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(n) => done += n,
+                    Poll::Pending => break,
+                }
+            }
+        }
+        self.outgoing.extend_from_slice(&records[done..]);
+        Ok(())
+    }
+
+    /// Writes `outgoing` to the socket; Ready when all of it is written.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.queued {
-            let n =
-                ready!(Pin::new(&mut self.socket).poll_write(cx, &self.outgoing[self.sent..self.queued]))?;
+        while self.sent < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.socket).poll_write(cx, &self.outgoing[self.sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
         }
         self.sent = 0;
-        self.queued = 0;
+        self.outgoing.clear();
         Poll::Ready(Ok(()))
     }
 
-    /// Encrypts `data` into `outgoing`.
-    fn encrypt(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut encrypt = |traffic: &mut Traffic<'_>, outgoing: &mut Vec<u8>, queued: &mut usize| {
-            let bound = data.len() + data.len().div_ceil(RECORD_PLAINTEXT).max(1) * RECORD_OVERHEAD;
-            if outgoing.len() < *queued + bound {
-                outgoing.resize(*queued + bound, 0);
-            }
-            loop {
-                match traffic.encrypt(data, &mut outgoing[*queued..]) {
-                    Ok(n) => {
-                        *queued += n;
-                        return Ok(());
-                    }
-                    Err(EncryptError::InsufficientSize(e)) => outgoing.resize(*queued + e.required_size, 0),
-                    Err(e) => return Err(io::Error::other(e)),
+    /// Encrypts `data` into `space`; returns the length of the records.
+    fn encrypt(&mut self, data: &[u8], space: &mut Vec<u8>) -> io::Result<usize> {
+        let bound = data.len() + data.len().div_ceil(RECORD_PLAINTEXT).max(1) * RECORD_OVERHEAD;
+        if space.len() < bound {
+            space.resize(bound, 0);
+        }
+        let mut written = 0;
+        self.write_with(&mut |traffic, _| loop {
+            match traffic.encrypt(data, space) {
+                Ok(n) => {
+                    written = n;
+                    return Ok(());
                 }
+                Err(EncryptError::InsufficientSize(e)) => space.resize(e.required_size, 0),
+                Err(e) => return Err(io::Error::other(e)),
             }
-        };
-        self.write_with(&mut encrypt)
+        })?;
+        Ok(written)
     }
 
     /// Runs `write` once the connection may send application data. What the client sent in the
     /// meantime is kept for the reader.
     fn write_with(&mut self, write: WriteFn<'_>) -> io::Result<()> {
-        match self.process_then(Some(write))? {
+        match self.process(None, Some(write))? {
             Processed::Wrote => Ok(()),
             Processed::Closed => Err(io::ErrorKind::BrokenPipe.into()),
             Processed::Data | Processed::NeedMore => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 
-    /// Frees the send buffer once everything in it is sent.
-    fn release_outgoing(&mut self) {
-        if self.queued == 0 {
+    /// Frees the buffers that hold nothing.
+    fn release_idle_buffers(&mut self) {
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        if self.outgoing.is_empty() {
             self.outgoing = Vec::new();
         }
     }
@@ -386,15 +414,18 @@ impl AsyncRead for TlsStream {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            let processed = this.process()?;
+            let before = buf.filled().len();
+            let processed = this.process(Some(buf), None)?;
             // A key update's answer, or tickets: sent now if the socket takes them, else with
             // the next write.
-            match this.poll_send(cx) {
-                Poll::Ready(Ok(())) => this.release_outgoing(),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
             }
             match processed {
+                // Only `plain` got it, or the records were empty.
                 Processed::Data => continue,
                 Processed::Closed => return Poll::Ready(Ok(())),
                 Processed::NeedMore | Processed::Wrote => {}
@@ -413,24 +444,27 @@ impl AsyncRead for TlsStream {
 impl AsyncWrite for TlsStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.queued - this.sent >= SEND_LIMIT {
+        if this.outgoing.len() - this.sent >= SEND_LIMIT {
             ready!(this.poll_send(cx))?;
         }
-        let n = buf.len().min(SEND_LIMIT);
-        this.encrypt(&buf[..n])?;
-        if n > GATHER_LIMIT {
-            // Sent now as far as the socket takes it; the rest goes with the next write or flush.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        Poll::Ready(Ok(n))
+        let data = &buf[..buf.len().min(SEND_LIMIT)];
+        WRITE_SPACE
+            .with_borrow_mut(|space| {
+                let len = this.encrypt(data, space)?;
+                if data.len() <= GATHER_LIMIT {
+                    this.outgoing.extend_from_slice(&space[..len]);
+                } else {
+                    this.poll_send_more(cx, &space[..len])?;
+                }
+                Ok(data.len())
+            })
+            .into()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.poll_send(cx))?;
-        this.release_outgoing();
+        this.release_idle_buffers();
         Pin::new(&mut this.socket).poll_flush(cx)
     }
 
@@ -438,14 +472,13 @@ impl AsyncWrite for TlsStream {
         let this = &mut *self;
         if !this.closing && !this.conn.is_handshaking() {
             this.closing = true;
-            let closed = this.write_with(&mut |traffic, outgoing, queued| {
-                if outgoing.len() < *queued + CLOSE_NOTIFY_SIZE {
-                    outgoing.resize(*queued + CLOSE_NOTIFY_SIZE, 0);
-                }
+            let closed = this.write_with(&mut |traffic, outgoing| {
+                let start = outgoing.len();
+                outgoing.resize(start + CLOSE_NOTIFY_SIZE, 0);
                 let n = traffic
-                    .queue_close_notify(&mut outgoing[*queued..])
+                    .queue_close_notify(&mut outgoing[start..])
                     .map_err(io::Error::other)?;
-                *queued += n;
+                outgoing.truncate(start + n);
                 Ok(())
             });
             if let Err(e) = closed {
@@ -453,7 +486,7 @@ impl AsyncWrite for TlsStream {
             }
         }
         ready!(this.poll_send(cx))?;
-        this.release_outgoing();
+        this.release_idle_buffers();
         Pin::new(&mut this.socket).poll_shutdown(cx)
     }
 }
@@ -654,7 +687,7 @@ mod tests {
         let (mut server, mut client) = pair().await;
         server.write_all(b"head").await.unwrap();
         server.write_all(b"body").await.unwrap();
-        assert!(server.queued > 0, "gathered");
+        assert!(!server.outgoing.is_empty(), "gathered");
         let mut buf = [0; 64];
         let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut buf)).await;
         assert!(early.is_err(), "nothing sent before the flush");
