@@ -1,11 +1,11 @@
-//! A client socket that gathers a response's small writes into one system call, and holds no
-//! buffer between responses.
+//! A plain-HTTP client socket that gathers a response's small writes into one system call, and
+//! holds no buffer between responses. (TLS connections gather their records the same way in
+//! [`super::tls_stream`].)
 //!
-//! pingora writes a response's head and body separately, and TLS turns each write into a record
-//! sent at once. pingora's own socket type gathers them in a write buffer of one segment (1 460
-//! bytes), allocated for the connection's whole life. This wrapper gathers the same writes but
-//! allocates the buffer only when a write arrives and frees it at the flush that ends the
-//! response: an idle keep-alive connection holds none.
+//! pingora writes a response's head and body separately. pingora's own socket type gathers them
+//! in a write buffer of one segment (1 460 bytes), allocated for the connection's whole life.
+//! This wrapper gathers the same writes but allocates the buffer only when a write arrives and
+//! frees it at the flush that ends the response: an idle keep-alive connection holds none.
 
 use std::io;
 use std::pin::Pin;

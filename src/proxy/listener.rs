@@ -4,9 +4,11 @@
 //! pingora's own listening service runs each connection in a task whose future holds the TLS
 //! handshake inline, so the handshake's state (8.6 KiB) stays allocated for as long as the
 //! connection lives. Here the handshake runs in a box of its own that is freed when it ends: an
-//! idle connection's task holds a few pointers. The sockets are bound before the server starts,
-//! so a port that is taken stops pylon with a clear error, and `/readyz` knows when the accept
-//! loops run. The accept loop is also where the PROXY protocol and per-client limits belong.
+//! idle connection's task holds a few pointers. A TLS connection is pylon's own stream type
+//! ([`TlsStream`]), which holds no buffers while the connection is idle. The sockets are bound
+//! before the server starts, so a port that is taken stops pylon with a clear error, and
+//! `/readyz` knows when the accept loops run. The accept loop is also where the PROXY protocol
+//! and per-client limits belong.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
