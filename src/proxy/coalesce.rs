@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Writes up to this size wait for the flush; larger ones go out at once (after what waits).
 /// One TCP segment, as pingora's default write buffer.
-const GATHER_LIMIT: usize = 1460;
+pub(super) const GATHER_LIMIT: usize = 1460;
 
 /// A client TCP connection (below TLS, or plain HTTP) with write gathering.
 #[derive(Debug)]

@@ -22,25 +22,19 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
-use pingora::protocols::{
-    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, TimingDigest,
-    UniqueID, UniqueIDType,
-};
+use pingora::protocols::{ALPN, Peek, Shutdown, Ssl};
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic};
 use rustls::{CipherSuite, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
-/// Writes up to this size wait for the flush; larger ones go out at once (after what waits).
-/// One TCP segment.
-const GATHER_LIMIT: usize = 1460;
+use super::coalesce::GATHER_LIMIT;
+
 /// How much is read from the socket at a time: a whole record of the largest size.
 const READ_SIZE: usize = 5 + 16 * 1024 + 256;
 /// A write waits (returns `Pending`) while this much encrypted data has not been sent.
@@ -522,41 +516,7 @@ impl Ssl for TlsStream {
 #[async_trait]
 impl Peek for TlsStream {}
 
-impl UniqueID for TlsStream {
-    fn id(&self) -> UniqueIDType {
-        self.socket.id()
-    }
-}
-
-impl GetTimingDigest for TlsStream {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.socket.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.socket.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.socket.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for TlsStream {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.socket.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for TlsStream {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.socket.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.socket.set_socket_digest(digest);
-    }
-}
+delegate_digests!(TlsStream, socket);
 
 #[cfg(test)]
 mod tests {
@@ -692,7 +652,7 @@ mod tests {
         server.write_all(b"body").await.unwrap();
         assert!(!server.outgoing.is_empty(), "gathered");
         let mut buf = [0; 64];
-        let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut buf)).await;
+        let early = tokio::time::timeout(std::time::Duration::from_millis(100), client.read(&mut buf)).await;
         assert!(early.is_err(), "nothing sent before the flush");
         server.flush().await.unwrap();
         assert_no_buffers(&server);
