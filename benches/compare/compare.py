@@ -1390,6 +1390,9 @@ class Bench:
                 "change_p50_ms": percentiles(all_changes)["p50_ms"],
                 "change_p99_ms": percentiles(all_changes)["p99_ms"],
                 "change_max_ms": max(all_changes),
+                # Each change's latency in order, for the raw results (the p99 of 60 is their
+                # maximum).
+                "change_ms": [round(latencies[("add", "remove", "rotate")[k % 3]][k // 3], 1) for k in range(changes)],
                 **{f"{k}_p50_ms": percentiles(v)["p50_ms"] for k, v in latencies.items()},
                 "errors": summary["errors"] + probe_errors,
                 "background_requests": summary["requests"],
