@@ -81,7 +81,8 @@ pub struct Manifests {
     pub state_dir: PathBuf,
     /// Quiet time after a file change before the manifests are read again.
     pub debounce: Duration,
-    /// Full rescan interval, a safety net for missed file-system events.
+    /// Every file is checked once per interval (a tenth at a time), a safety net for missed
+    /// file-system events.
     pub rescan_interval: Duration,
 }
 

@@ -7,7 +7,8 @@
 //! again, and the [`World`] is updated in place, so a change costs the same with ten files as
 //! with ten thousand. Anything the watcher cannot describe file by file (a directory created,
 //! moved or removed; a Kubernetes ConfigMap volume swapping its `..data` link; a lost event)
-//! falls back to a full rescan, as does a periodic timer.
+//! falls back to a full rescan. A periodic timer checks every file too, a tenth of them at a
+//! time, in case an event was lost without notice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ const MAX_DEPTH: usize = 16;
 
 /// More changed paths than this between two refreshes are handled by one full rescan.
 const MAX_PENDING_PATHS: usize = 4096;
+
+/// The periodic rescan checks the files in this many steps over its interval.
+const SWEEP_STEPS: u32 = 10;
 
 /// However often files keep changing, a refresh happens at least this often.
 const MAX_DEBOUNCE_WAIT: Duration = Duration::from_secs(1);
@@ -51,6 +55,8 @@ pub struct FilesSource {
     duplicates: BTreeSet<ObjectId>,
     /// The objects in use, kept up to date file by file (without problems).
     world: World,
+    /// Where the periodic rescan's next step starts; `None`: a new round.
+    sweep_from: Option<PathBuf>,
 }
 
 /// What the watcher reported since the last refresh.
@@ -69,6 +75,7 @@ impl FilesSource {
             definers: HashMap::new(),
             duplicates: BTreeSet::new(),
             world: World::default(),
+            sweep_from: None,
         }
     }
 
@@ -79,6 +86,55 @@ impl FilesSource {
     /// Scans every directory and reads what changed since the last call. Returns whether
     /// anything did.
     pub fn refresh(&mut self) -> bool {
+        let (found, mut changed) = self.walk_all();
+        for path in &found {
+            changed |= self.reread(path);
+        }
+        changed
+    }
+
+    /// One step of the periodic rescan, which checks `1 / steps` of the files at a time: with
+    /// many files, checking them all at once (a `stat` each, about 4 µs) would hold up a change
+    /// that arrives meanwhile, and take the proxy's CPU in one block. The step that starts a
+    /// round also walks the directories for files that appeared or went. Returns whether
+    /// anything changed.
+    pub fn sweep(&mut self, steps: usize) -> bool {
+        let mut changed = false;
+        let from = match self.sweep_from.take() {
+            Some(from) => from,
+            None => {
+                let (found, walked) = self.walk_all();
+                changed = walked;
+                let new: Vec<PathBuf> = found
+                    .into_iter()
+                    .filter(|p| !self.files.contains_key(p))
+                    .collect();
+                for path in &new {
+                    changed |= self.reread(path);
+                }
+                PathBuf::new()
+            }
+        };
+        let chunk = self.files.len().div_ceil(steps.max(1)).max(1);
+        let mut paths: Vec<PathBuf> = self
+            .files
+            .range(from..)
+            .take(chunk + 1)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if paths.len() > chunk {
+            self.sweep_from = paths.pop();
+        }
+        for path in &paths {
+            changed |= self.reread(path);
+        }
+        changed
+    }
+
+    /// Walks the directories: returns the manifest files found, in order, after forgetting the
+    /// known files that are gone; and whether that, or a directory's readability, changed
+    /// anything.
+    fn walk_all(&mut self) -> (Vec<PathBuf>, bool) {
         let mut found = Vec::new();
         let mut walk_problems = Vec::new();
         for dir in &self.dirs {
@@ -99,10 +155,7 @@ impl FilesSource {
         for path in gone {
             changed |= self.reread(&path);
         }
-        for path in &found {
-            changed |= self.reread(path);
-        }
-        changed
+        (found, changed)
     }
 
     /// Reads the files at `paths` again (the watcher reported them). Returns whether anything
@@ -299,7 +352,7 @@ impl FilesSource {
         loop {
             let periodic = tokio::select! {
                 () = wake.notified() => false,
-                () = tokio::time::sleep(rescan_interval) => true,
+                () = tokio::time::sleep(rescan_interval / SWEEP_STEPS) => true,
                 _ = shutdown.changed() => return,
             };
             // Wait for a quiet moment, so that an editor's burst of writes is one change.
@@ -310,19 +363,22 @@ impl FilesSource {
             let Pending { paths, rescan } =
                 std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
             let started = Instant::now();
-            let changed = if periodic || rescan {
+            let changed = if rescan {
                 self.refresh()
             } else {
-                match self.refresh_paths(paths.iter().map(PathBuf::as_path)) {
+                let changed = match self.refresh_paths(paths.iter().map(PathBuf::as_path)) {
                     Some(changed) => changed,
                     None => self.refresh(),
-                }
+                };
+                // (`|` and not `||`: the step runs whether or not the paths changed anything.)
+                changed | (periodic && self.sweep(SWEEP_STEPS as usize))
             };
             if changed {
                 let world = Arc::new(self.world());
                 info!(
                     files = paths.len(),
-                    full_scan = periodic || rescan,
+                    full_scan = rescan,
+                    periodic,
                     read_ms = started.elapsed().as_secs_f64() * 1e3,
                     "manifests changed"
                 );
@@ -566,6 +622,58 @@ mod tests {
     fn host_of(world: &World) -> Option<String> {
         let ing = world.ingresses.get(&ObjectKey::new("default", "app"))?;
         ing.spec.as_ref()?.rules.as_ref()?[0].host.clone()
+    }
+
+    #[test]
+    fn the_periodic_rescan_checks_a_part_of_the_files_per_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(format!("{name}.yaml"));
+        for i in 0..20 {
+            std::fs::write(path(&format!("i{i}")), INGRESS.replace("app", &format!("app{i}"))).unwrap();
+        }
+        let mut source = FilesSource::new(vec![dir.path().to_owned()]);
+        assert!(source.refresh());
+        let host = |source: &FilesSource, name: &str| {
+            let world = source.world();
+            let ing = world.ingresses.get(&ObjectKey::new("default", name))?;
+            ing.spec.as_ref()?.rules.as_ref()?[0].host.clone()
+        };
+
+        // Changes no watcher reported: one file edited, one added, one removed.
+        let edited = INGRESS
+            .replace("app", "app13")
+            .replace("a.example.com", "changed.example.com");
+        std::fs::write(path("i13"), edited).unwrap();
+        std::fs::write(path("new"), INGRESS.replace("app", "new")).unwrap();
+        std::fs::remove_file(path("i5")).unwrap();
+
+        // In path order (i0, i1, i10, i11, i12 | i13 …), five files a step out of 20. The step
+        // that starts a round finds the added and the removed file.
+        assert!(source.sweep(4));
+        assert!(
+            source
+                .world()
+                .ingresses
+                .contains_key(&ObjectKey::new("default", "new"))
+        );
+        assert!(
+            !source
+                .world()
+                .ingresses
+                .contains_key(&ObjectKey::new("default", "app5"))
+        );
+        assert_eq!(
+            host(&source, "app13").as_deref(),
+            Some("a.example.com"),
+            "not checked yet"
+        );
+        assert!(source.sweep(4), "the second step reads i13 again");
+        assert_eq!(host(&source, "app13").as_deref(), Some("changed.example.com"));
+        assert!(!source.sweep(4));
+        assert!(!source.sweep(4));
+        assert!(source.sweep_from.is_none(), "four steps make a round");
+        assert!(!source.sweep(4), "a new round, nothing changed");
+        assert_eq!(source.world().ingresses.len(), 20);
     }
 
     #[test]
