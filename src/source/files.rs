@@ -619,8 +619,9 @@ mod tests {
         assert_eq!(world.problems[0].reason, "duplicate_object");
     }
 
-    fn host_of(world: &World) -> Option<String> {
-        let ing = world.ingresses.get(&ObjectKey::new("default", "app"))?;
+    /// The first host of Ingress `default/name`.
+    fn host_of(world: &World, name: &str) -> Option<String> {
+        let ing = world.ingresses.get(&ObjectKey::new("default", name))?;
         ing.spec.as_ref()?.rules.as_ref()?[0].host.clone()
     }
 
@@ -633,11 +634,6 @@ mod tests {
         }
         let mut source = FilesSource::new(vec![dir.path().to_owned()]);
         assert!(source.refresh());
-        let host = |source: &FilesSource, name: &str| {
-            let world = source.world();
-            let ing = world.ingresses.get(&ObjectKey::new("default", name))?;
-            ing.spec.as_ref()?.rules.as_ref()?[0].host.clone()
-        };
 
         // Changes no watcher reported: one file edited, one added, one removed.
         let edited = INGRESS
@@ -663,12 +659,15 @@ mod tests {
                 .contains_key(&ObjectKey::new("default", "app5"))
         );
         assert_eq!(
-            host(&source, "app13").as_deref(),
+            host_of(&source.world(), "app13").as_deref(),
             Some("a.example.com"),
             "not checked yet"
         );
         assert!(source.sweep(4), "the second step reads i13 again");
-        assert_eq!(host(&source, "app13").as_deref(), Some("changed.example.com"));
+        assert_eq!(
+            host_of(&source.world(), "app13").as_deref(),
+            Some("changed.example.com")
+        );
         assert!(!source.sweep(4));
         assert!(!source.sweep(4));
         assert!(source.sweep_from.is_none(), "four steps make a round");
@@ -694,9 +693,12 @@ mod tests {
         // A changed file the watcher did not name is not read; the next full scan reads it.
         std::fs::write(&a, INGRESS.replace("a.example.com", "changed.example.com")).unwrap();
         assert_eq!(source.refresh_paths([b.as_path()]), Some(false));
-        assert_eq!(host_of(&source.world()).as_deref(), Some("a.example.com"));
+        assert_eq!(host_of(&source.world(), "app").as_deref(), Some("a.example.com"));
         assert_eq!(source.refresh_paths([a.as_path()]), Some(true));
-        assert_eq!(host_of(&source.world()).as_deref(), Some("changed.example.com"));
+        assert_eq!(
+            host_of(&source.world(), "app").as_deref(),
+            Some("changed.example.com")
+        );
 
         std::fs::remove_file(&b).unwrap();
         assert_eq!(source.refresh_paths([b.as_path()]), Some(true));
@@ -737,13 +739,13 @@ mod tests {
         std::fs::write(&b, INGRESS.replace("a.example.com", "b.example.com")).unwrap();
         let mut source = FilesSource::new(vec![dir.path().to_owned()]);
         source.refresh();
-        assert_eq!(host_of(&source.world()).as_deref(), Some("a.example.com"));
+        assert_eq!(host_of(&source.world(), "app").as_deref(), Some("a.example.com"));
         assert_eq!(source.world().problems[0].reason, "duplicate_object");
 
         std::fs::remove_file(&a).unwrap();
         assert_eq!(source.refresh_paths([a.as_path()]), Some(true));
         let world = source.world();
-        assert_eq!(host_of(&world).as_deref(), Some("b.example.com"));
+        assert_eq!(host_of(&world, "app").as_deref(), Some("b.example.com"));
         assert!(world.problems.is_empty(), "{:?}", world.problems);
 
         std::fs::remove_file(&b).unwrap();
