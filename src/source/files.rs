@@ -349,12 +349,20 @@ impl FilesSource {
                 None
             }
         };
+        // The steps keep their own schedule: file events do not push the next one back, so a
+        // steady stream of events (a busy directory) cannot hold off the safety net.
+        let step = rescan_interval / SWEEP_STEPS;
+        let mut next_step = tokio::time::Instant::now() + step;
         loop {
-            let periodic = tokio::select! {
-                () = wake.notified() => false,
-                () = tokio::time::sleep(rescan_interval / SWEEP_STEPS) => true,
+            let woken = tokio::select! {
+                () = wake.notified() => true,
+                () = tokio::time::sleep_until(next_step) => false,
                 _ = shutdown.changed() => return,
             };
+            let periodic = !woken || tokio::time::Instant::now() >= next_step;
+            if periodic {
+                next_step = tokio::time::Instant::now() + step;
+            }
             // Wait for a quiet moment, so that an editor's burst of writes is one change.
             let first = Instant::now();
             while first.elapsed() < MAX_DEBOUNCE_WAIT
@@ -673,6 +681,43 @@ mod tests {
         assert!(source.sweep_from.is_none(), "four steps make a round");
         assert!(!source.sweep(4), "a new round, nothing changed");
         assert_eq!(source.world().ingresses.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn the_periodic_steps_run_while_file_events_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, busy) = (dir.path().join("app.yaml"), dir.path().join("busy.yaml"));
+        std::fs::write(&app, INGRESS).unwrap();
+        std::fs::write(&busy, INGRESS.replace("app", "busy")).unwrap();
+        let mut source = FilesSource::new(vec![dir.path().to_owned()]);
+        source.refresh();
+        // Edited before the watcher starts: only the periodic steps can find this.
+        std::fs::write(&app, INGRESS.replace("a.example.com", "edited.example.com")).unwrap();
+
+        let (tx, mut rx) = watch::channel(Arc::new(source.world()));
+        let (stop, stopped) = watch::channel(false);
+        let interval = Duration::from_millis(200);
+        let run = tokio::spawn(source.run(tx, Duration::from_millis(1), interval, stopped));
+        // A file event every 5 ms, far more often than a step (20 ms).
+        let writer = tokio::spawn(async move {
+            loop {
+                std::fs::write(&busy, INGRESS.replace("app", "busy")).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let found = tokio::time::timeout(Duration::from_secs(5), async {
+            while host_of(&rx.borrow_and_update(), "app").as_deref() != Some("edited.example.com") {
+                rx.changed().await.unwrap();
+            }
+        })
+        .await;
+        writer.abort();
+        stop.send_replace(true);
+        run.await.unwrap();
+        assert!(
+            found.is_ok(),
+            "the edit was not found within 5 s (25 rescan intervals)"
+        );
     }
 
     #[test]
