@@ -11,6 +11,7 @@
 //! time, in case an event was lost without notice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -86,15 +87,16 @@ impl FilesSource {
     /// Scans every directory and reads what changed since the last call. Returns whether
     /// anything did.
     pub fn refresh(&mut self) -> bool {
-        let (found, mut changed) = self.walk_all();
-        for path in &found {
+        let (new, mut changed) = self.walk_all();
+        let known: Vec<PathBuf> = self.files.keys().cloned().collect();
+        for path in known.iter().chain(&new) {
             changed |= self.reread(path);
         }
         changed
     }
 
     /// One step of the periodic rescan, which checks `1 / steps` of the files at a time: with
-    /// many files, checking them all at once (a `stat` each, about 4 µs) would hold up a change
+    /// many files, checking them all at once (a `stat` each, about 2 µs) would hold up a change
     /// that arrives meanwhile, and take the proxy's CPU in one block. The step that starts a
     /// round also walks the directories for files that appeared or went. Returns whether
     /// anything changed.
@@ -103,59 +105,74 @@ impl FilesSource {
         let from = match self.sweep_from.take() {
             Some(from) => from,
             None => {
-                let (found, walked) = self.walk_all();
+                let (new, walked) = self.walk_all();
                 changed = walked;
-                let new: Vec<PathBuf> = found
-                    .into_iter()
-                    .filter(|p| !self.files.contains_key(p))
-                    .collect();
                 for path in &new {
                     changed |= self.reread(path);
                 }
                 PathBuf::new()
             }
         };
+        // The stamps are compared in place: only the files that changed are looked up again.
         let chunk = self.files.len().div_ceil(steps.max(1)).max(1);
-        let mut paths: Vec<PathBuf> = self
-            .files
-            .range(from..)
-            .take(chunk + 1)
-            .map(|(p, _)| p.clone())
-            .collect();
-        if paths.len() > chunk {
-            self.sweep_from = paths.pop();
+        let mut stale = Vec::new();
+        for (n, (path, state)) in self.files.range(from..).enumerate() {
+            if n == chunk {
+                self.sweep_from = Some(path.clone());
+                break;
+            }
+            if stamp(path) != Some(state.stamp) {
+                stale.push(path.clone());
+            }
         }
-        for path in &paths {
+        for path in &stale {
             changed |= self.reread(path);
         }
         changed
     }
 
-    /// Walks the directories: returns the manifest files found, in order, after forgetting the
-    /// known files that are gone; and whether that, or a directory's readability, changed
-    /// anything.
+    /// Walks the directories and forgets the known files that are gone. Returns the manifest
+    /// files found that are not known yet, and whether the files gone, or a directory's
+    /// readability, changed anything.
+    ///
+    /// Paths are matched by their bytes, hashed: with 10 000 files, sorting them and looking
+    /// them up in path order (`Path` compares component by component) took 25–35 ms. (A path
+    /// spelled two ways is read once more, and is still the same file in `files`.)
     fn walk_all(&mut self) -> (Vec<PathBuf>, bool) {
         let mut found = Vec::new();
         let mut walk_problems = Vec::new();
         for dir in &self.dirs {
             walk(dir, 0, &mut found, &mut walk_problems);
         }
-        found.sort();
-        found.dedup();
-
         let mut changed = walk_problems != self.walk_problems;
         self.walk_problems = walk_problems;
-        let found_set: HashSet<&PathBuf> = found.iter().collect();
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|p| !found_set.contains(p))
-            .cloned()
+
+        let index: HashMap<&OsStr, usize> = found
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_os_str(), i))
             .collect();
+        let mut known = vec![false; found.len()];
+        let mut gone = Vec::new();
+        for path in self.files.keys() {
+            match index.get(path.as_os_str()) {
+                Some(&i) => known[i] = true,
+                None => gone.push(path.clone()),
+            }
+        }
+        drop(index);
         for path in gone {
             changed |= self.reread(&path);
         }
-        (found, changed)
+        let mut new: Vec<PathBuf> = found
+            .into_iter()
+            .zip(known)
+            .filter_map(|(path, known)| (!known).then_some(path))
+            .collect();
+        // (A directory listed twice, or inside another listed one.)
+        new.sort_unstable();
+        new.dedup();
+        (new, changed)
     }
 
     /// Reads the files at `paths` again (the watcher reported them). Returns whether anything
@@ -206,17 +223,15 @@ impl FilesSource {
     /// Brings the file at `path` up to date (read again if its stamp changed, forgotten if it
     /// is gone). Returns whether it changed.
     fn reread(&mut self, path: &Path) -> bool {
-        let stamp = std::fs::metadata(path)
-            .ok()
-            .filter(|m| !m.is_dir())
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let stamp = stamp(path);
+        if let (Some(stamp), Some(state)) = (stamp, self.files.get(path))
+            && state.stamp == stamp
+        {
+            return false;
+        }
         let previous = self.files.remove(path);
         let next = match (stamp, previous) {
             (None, None) => return false,
-            (Some(stamp), Some(state)) if state.stamp == stamp => {
-                self.files.insert(path.to_path_buf(), state);
-                return false;
-            }
             (None, Some(state)) => {
                 self.forget(path, &state);
                 None
@@ -392,10 +407,23 @@ impl FilesSource {
                 );
                 tx.send_replace(world);
             } else {
-                debug!("manifests rescanned, no change");
+                debug!(
+                    periodic,
+                    read_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "manifests rescanned, no change"
+                );
             }
         }
     }
+}
+
+/// What tells a file's versions apart: its modification time and size (symlinks followed).
+/// `None`: gone, or a directory.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| !m.is_dir())
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 fn is_manifest_name(path: &Path) -> bool {
