@@ -365,53 +365,44 @@ impl FilesSource {
             }
         };
         // The steps keep their own schedule: file events do not push the next one back, so a
-        // steady stream of events (a busy directory) cannot hold off the safety net.
+        // steady stream of events (a busy directory) cannot hold off the safety net. Nor does
+        // a change wait for a step: they take turns.
         let step = rescan_interval / SWEEP_STEPS;
         let mut next_step = tokio::time::Instant::now() + step;
         loop {
-            let woken = tokio::select! {
-                () = wake.notified() => true,
-                () = tokio::time::sleep_until(next_step) => false,
+            let periodic = tokio::select! {
+                () = wake.notified() => false,
+                () = tokio::time::sleep_until(next_step) => true,
                 _ = shutdown.changed() => return,
             };
-            let periodic = !woken || tokio::time::Instant::now() >= next_step;
-            if periodic {
+            let (changed, files, rescan, started) = if periodic {
                 next_step = tokio::time::Instant::now() + step;
-            }
-            // Wait for a quiet moment, so that an editor's burst of writes is one change.
-            let first = Instant::now();
-            while first.elapsed() < MAX_DEBOUNCE_WAIT
-                && tokio::time::timeout(debounce, wake.notified()).await.is_ok()
-            {}
-            let Pending { paths, rescan } =
-                std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
-            let started = Instant::now();
-            let changed = if rescan {
-                self.refresh()
+                let started = Instant::now();
+                (self.sweep(SWEEP_STEPS as usize), 0, false, started)
             } else {
-                let changed = match self.refresh_paths(paths.iter().map(PathBuf::as_path)) {
-                    Some(changed) => changed,
-                    None => self.refresh(),
+                // Wait for a quiet moment, so that an editor's burst of writes is one change.
+                let first = Instant::now();
+                while first.elapsed() < MAX_DEBOUNCE_WAIT
+                    && tokio::time::timeout(debounce, wake.notified()).await.is_ok()
+                {}
+                let Pending { paths, rescan } =
+                    std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+                let started = Instant::now();
+                let changed = if rescan {
+                    self.refresh()
+                } else {
+                    self.refresh_paths(paths.iter().map(PathBuf::as_path))
+                        .unwrap_or_else(|| self.refresh())
                 };
-                // (`|` and not `||`: the step runs whether or not the paths changed anything.)
-                changed | (periodic && self.sweep(SWEEP_STEPS as usize))
+                (changed, paths.len(), rescan, started)
             };
+            let read_ms = started.elapsed().as_secs_f64() * 1e3;
             if changed {
                 let world = Arc::new(self.world());
-                info!(
-                    files = paths.len(),
-                    full_scan = rescan,
-                    periodic,
-                    read_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "manifests changed"
-                );
+                info!(files, full_scan = rescan, periodic, read_ms, "manifests changed");
                 tx.send_replace(world);
             } else {
-                debug!(
-                    periodic,
-                    read_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "manifests rescanned, no change"
-                );
+                debug!(periodic, read_ms, "manifests rescanned, no change");
             }
         }
     }
