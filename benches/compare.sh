@@ -22,8 +22,8 @@ done
 
 benches/compare/tools.sh
 if [ "$profile" = release ]; then
-  cargo build --release --locked --bin pylon --example pingora-floor
+  cargo build --release --locked --bin pylon --example pingora-floor --example bench-load
 else
-  cargo build --locked --bin pylon --example pingora-floor
+  cargo build --locked --bin pylon --example pingora-floor --example bench-load
 fi
 exec target/bench-tools/venv/bin/python benches/compare/compare.py --pylon "target/$profile/pylon" "${args[@]}"
