@@ -47,6 +47,9 @@ BODY_1M = 1 << 20
 # change that is applied within a fraction of it (pylon: about 30 ms); a proxy that takes
 # seconds (nginx reloading) spreads its cost beyond it.
 S6_NEAR_S = 0.25
+# S6: new TLS connections a second in the steady state, as many as a change of pylon's takes to
+# be seen (about 27 ms of probing every 2 ms).
+S6_STEADY_PROBES = 13
 
 COMPARATORS = ["pylon", "nginx", "haproxy", "envoy"]
 # Not compared, shown for scale: nginx answering 200 itself, the smallest pingora proxy, and the
@@ -1315,8 +1318,26 @@ class Bench:
             pids = running.refresh_pids()
             cpu0 = cpu_seconds(pids)
             bg = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            probe_errors = 0
+
+            def probing_only(seconds: float) -> None:
+                # The steady state carries the same probing as the changes (S6_STEADY_PROBES new
+                # TLS connections, 2 ms apart, once a second) without a change, so that the
+                # ratio to it measures what the changes cost, not what measuring them costs.
+                nonlocal probe_errors
+                until = time.monotonic() + seconds
+                while time.monotonic() < until:
+                    tick = time.monotonic()
+                    for _ in range(S6_STEADY_PROBES):
+                        try:
+                            https_get(running.port, host_name(1), timeout=2)
+                        except OSError:
+                            probe_errors += 1
+                        time.sleep(0.002)
+                    time.sleep(max(0, min(tick + 1.0, until) - time.monotonic()))
+
             t_start = time.time()
-            time.sleep(steady_s)
+            probing_only(steady_s)
             t_changes = time.time()
             latencies = {"add": [], "remove": [], "rotate": []}
             in_order: list[float] = []  # every change's latency, for the raw results
@@ -1324,7 +1345,6 @@ class Bench:
             # The same probing without a change, half an interval after each change: how much
             # of the background's p99 near a change is the probing itself (new TLS connections).
             probe_times: list[float] = []
-            probe_errors = 0
             for k in range(changes):
                 tick = time.monotonic()
                 kind = ("add", "remove", "rotate")[k % 3]
@@ -1365,7 +1385,7 @@ class Bench:
                     time.sleep(0.002)
                 time.sleep(max(0, interval - (time.monotonic() - tick)))
             t_end = time.time()
-            time.sleep(steady_s)
+            probing_only(steady_s)
             t_after = time.time()
             out, _ = bg.communicate(timeout=total + 60)
             cpu1 = cpu_seconds(pids)
