@@ -47,9 +47,11 @@ BODY_1M = 1 << 20
 # change that is applied within a fraction of it (pylon: about 30 ms); a proxy that takes
 # seconds (nginx reloading) spreads its cost beyond it.
 S6_NEAR_S = 0.25
-# S6: new TLS connections a second in the steady state, as many as a change of pylon's takes to
-# be seen (about 27 ms of probing every 2 ms).
+# S6: new TLS connections a second in the steady state, 2 ms apart: about as long as the probing
+# of one of pylon's changes (served after 25–40 ms).
 S6_STEADY_PROBES = 13
+# S6: the background load's keep-alive connections.
+S6_CONNECTIONS = 16
 
 COMPARATORS = ["pylon", "nginx", "haproxy", "envoy"]
 # Not compared, shown for scale: nginx answering 200 itself, the smallest pingora proxy, and the
@@ -1314,7 +1316,7 @@ class Bench:
             log_file = running.dir / "background.log"
             # 16 keep-alive connections, arrivals evenly spaced, a closed connection opened
             # again for the next request; h2load's log format.
-            argv = [str(self.bench_load), f"127.0.0.1:{running.port}", host_name(0), str(rate), "16", str(total), str(log_file)]
+            argv = [str(self.bench_load), f"127.0.0.1:{running.port}", host_name(0), str(rate), str(S6_CONNECTIONS), str(total), str(log_file)]
             pids = running.refresh_pids()
             cpu0 = cpu_seconds(pids)
             bg = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -1421,7 +1423,7 @@ class Bench:
                 "background_requests": summary["requests"],
                 # Connections the proxy closed under the background load (nginx's reloads do),
                 # and requests sent again because their kept-alive connection had just closed.
-                "background_reconnects": summary["connects"] - 16,
+                "background_reconnects": summary["connects"] - S6_CONNECTIONS,
                 "background_retries": summary["retries"],
                 "steady_before_p99_ms": percentiles(steady_lat)["p99_ms"],
                 "steady_after_p99_ms": percentiles(after_lat)["p99_ms"],
