@@ -1322,20 +1322,24 @@ class Bench:
             bg = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             probe_errors = 0
 
+            def probe_without_change(count: int) -> None:
+                """count new TLS connections to a host no change touches, 2 ms apart."""
+                nonlocal probe_errors
+                for _ in range(count):
+                    try:
+                        https_get(running.port, host_name(1), timeout=2)
+                    except OSError:
+                        probe_errors += 1
+                    time.sleep(0.002)
+
             def probing_only(seconds: float) -> None:
                 # The steady state carries the same probing as the changes (S6_STEADY_PROBES new
                 # TLS connections, 2 ms apart, once a second) without a change, so that the
                 # ratio to it measures what the changes cost, not what measuring them costs.
-                nonlocal probe_errors
                 until = time.monotonic() + seconds
                 while time.monotonic() < until:
                     tick = time.monotonic()
-                    for _ in range(S6_STEADY_PROBES):
-                        try:
-                            https_get(running.port, host_name(1), timeout=2)
-                        except OSError:
-                            probe_errors += 1
-                        time.sleep(0.002)
+                    probe_without_change(S6_STEADY_PROBES)
                     time.sleep(max(0, min(tick + 1.0, until) - time.monotonic()))
 
             t_start = time.time()
@@ -1379,12 +1383,7 @@ class Bench:
                 in_order.append(round(latencies[kind][-1], 1))
                 time.sleep(max(0, interval / 2 - (time.monotonic() - tick)))
                 probe_times.append(time.time())
-                for _ in range(probes):
-                    try:
-                        https_get(running.port, host_name(1), timeout=2)
-                    except OSError:
-                        probe_errors += 1
-                    time.sleep(0.002)
+                probe_without_change(probes)
                 time.sleep(max(0, interval - (time.monotonic() - tick)))
             t_end = time.time()
             probing_only(steady_s)
