@@ -48,6 +48,8 @@ struct FileState {
 pub struct FilesSource {
     dirs: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileState>,
+    /// The files above with problems: a new world visits only these for its problems.
+    troubled: BTreeSet<PathBuf>,
     /// Directories that could not be read on the last full scan.
     walk_problems: Vec<Problem>,
     /// The files defining each object, in path order: the first one is used.
@@ -72,6 +74,7 @@ impl FilesSource {
         Self {
             dirs,
             files: BTreeMap::new(),
+            troubled: BTreeSet::new(),
             walk_problems: Vec::new(),
             definers: HashMap::new(),
             duplicates: BTreeSet::new(),
@@ -244,6 +247,11 @@ impl FilesSource {
                 Some(state)
             }
         };
+        if next.as_ref().is_some_and(|state| !state.problems.is_empty()) {
+            self.troubled.insert(path.to_path_buf());
+        } else {
+            self.troubled.remove(path);
+        }
         if let Some(state) = next {
             let ids: Vec<ObjectId> = state.objects.keys().cloned().collect();
             self.files.insert(path.to_path_buf(), state);
@@ -298,7 +306,7 @@ impl FilesSource {
     pub fn world(&self) -> World {
         let mut world = self.world.clone();
         world.problems = self.walk_problems.clone();
-        for state in self.files.values() {
+        for state in self.troubled.iter().filter_map(|path| self.files.get(path)) {
             world.problems.extend(state.problems.iter().cloned());
         }
         for id in &self.duplicates {

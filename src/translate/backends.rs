@@ -27,6 +27,26 @@ pub(super) struct Backends {
     resolved: HashMap<String, HashMap<String, Vec<Arc<Backend>>>>,
     /// How many routes of served Ingresses use each Service port.
     uses: HashMap<ObjectKey, Vec<(PortRef, usize)>>,
+    /// The backends in `resolved` and their endpoints, counted as they come and go.
+    counts: Counts,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    backends: usize,
+    endpoints: usize,
+}
+
+impl Counts {
+    fn add(&mut self, backend: &Backend) {
+        self.backends += 1;
+        self.endpoints += backend.endpoints().len();
+    }
+
+    fn remove(&mut self, backend: &Backend) {
+        self.backends -= 1;
+        self.endpoints -= backend.endpoints().len();
+    }
 }
 
 impl Backends {
@@ -63,8 +83,14 @@ impl Backends {
 
     /// Drops what was resolved for `service`: it changed.
     pub(super) fn forget(&mut self, service: &ObjectKey) {
-        if let Some(names) = self.resolved.get_mut(&service.namespace) {
-            names.remove(&service.name);
+        if let Some(gone) = self
+            .resolved
+            .get_mut(&service.namespace)
+            .and_then(|names| names.remove(&service.name))
+        {
+            for backend in &gone {
+                self.counts.remove(backend);
+            }
         }
     }
 
@@ -90,8 +116,10 @@ impl Backends {
                     .resolved
                     .get_mut(&service.namespace)
                     .and_then(|names| names.get_mut(&service.name))
+                    && let Some(i) = resolved.iter().position(|b| b.id.port == *port)
                 {
-                    resolved.retain(|b| b.id.port != *port);
+                    let gone = resolved.swap_remove(i);
+                    self.counts.remove(&gone);
                 }
             }
         }
@@ -118,6 +146,7 @@ impl Backends {
         };
         let key = ObjectKey::new(namespace, service.name.as_str());
         let backend = Arc::new(self.build(world, &key, id));
+        self.counts.add(&backend);
         self.resolved
             .entry(key.namespace)
             .or_default()
@@ -129,11 +158,7 @@ impl Backends {
 
     /// The number of backends in use and of their endpoints.
     pub(super) fn counts(&self) -> (usize, usize) {
-        self.resolved
-            .values()
-            .flat_map(HashMap::values)
-            .flatten()
-            .fold((0, 0), |(b, e), backend| (b + 1, e + backend.endpoints().len()))
+        (self.counts.backends, self.counts.endpoints)
     }
 
     fn build(&self, world: &World, key: &ObjectKey, id: BackendId) -> Backend {

@@ -1,6 +1,7 @@
 //! TLS Secrets parsed into certificates, remembered between runs by the content of the Secret.
 
 use foldhash::HashMap;
+use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -57,12 +58,27 @@ impl CertMemo {
             Ok(_) => {}
         }
     }
+
+    /// When the Secret's problems must be looked at: `None` never (a valid certificate, or
+    /// one not issued yet), `Some(i64::MIN)` always (it does not parse), else from the
+    /// certificate's expiry on.
+    fn troubled_from(&self) -> Option<i64> {
+        match &self.parsed {
+            Err(_) if self.awaiting_issue => None,
+            Err(_) => Some(i64::MIN),
+            // (`problems` reports a certificate from the second after its expiry.)
+            Ok(cert) => Some(cert.not_after.saturating_add(1)),
+        }
+    }
 }
 
 /// The certificates of the Secrets in use, parsed once per content.
 #[derive(Debug, Default)]
 pub(super) struct Certs {
     by_secret: HashMap<ObjectKey, CertMemo>,
+    /// Each Secret above by the time from which it has a problem (see
+    /// [`CertMemo::troubled_from`]): collecting the problems visits only the Secrets due.
+    troubled: BTreeSet<(i64, ObjectKey)>,
 }
 
 impl Certs {
@@ -70,7 +86,7 @@ impl Certs {
     /// exist.
     pub(super) fn get(&mut self, world: &World, key: &ObjectKey) -> Option<&CertMemo> {
         let Some(secret) = world.secrets.get(key) else {
-            self.by_secret.remove(key);
+            self.put(key, None);
             return None;
         };
         let fresh = self
@@ -79,7 +95,7 @@ impl Certs {
             .is_some_and(|m| Arc::ptr_eq(&m.source, secret));
         if !fresh {
             let memo = parse(secret, self.by_secret.get(key));
-            self.by_secret.insert(key.clone(), memo);
+            self.put(key, Some(memo));
         }
         self.by_secret.get(key)
     }
@@ -101,14 +117,51 @@ impl Certs {
 
     /// Drops a Secret no longer in use.
     pub(super) fn forget(&mut self, key: &ObjectKey) {
-        self.by_secret.remove(key);
+        self.put(key, None);
     }
 
-    /// The problems of every Secret in use.
-    pub(super) fn problems(&self, now: i64, out: &mut Vec<Problem>) {
-        for (key, memo) in &self.by_secret {
-            memo.problems(key, now, out);
+    /// Replaces (or removes) what is known about `key`, keeping `troubled` in step.
+    fn put(&mut self, key: &ObjectKey, memo: Option<CertMemo>) {
+        let old = match memo {
+            Some(memo) => {
+                if let Some(from) = memo.troubled_from() {
+                    self.troubled.insert((from, key.clone()));
+                }
+                self.by_secret.insert(key.clone(), memo)
+            }
+            None => self.by_secret.remove(key),
+        };
+        let new_from = self.by_secret.get(key).and_then(CertMemo::troubled_from);
+        if let Some(from) = old.as_ref().and_then(CertMemo::troubled_from)
+            && Some(from) != new_from
+        {
+            self.troubled.remove(&(from, key.clone()));
         }
+    }
+
+    /// The problems of every Secret in use (at Unix time `now`).
+    pub(super) fn problems(&self, now: i64, out: &mut Vec<Problem>) {
+        for (_, key) in self
+            .troubled
+            .range(..(now.saturating_add(1), ObjectKey::new("", "")))
+        {
+            if let Some(memo) = self.by_secret.get(key) {
+                memo.problems(key, now, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Certs {
+    /// Whether `troubled` holds exactly one entry for each Secret that may have a problem.
+    pub(super) fn troubles_indexed(&self) -> bool {
+        let expected: BTreeSet<(i64, ObjectKey)> = self
+            .by_secret
+            .iter()
+            .filter_map(|(key, memo)| Some((memo.troubled_from()?, key.clone())))
+            .collect();
+        expected == self.troubled
     }
 }
 

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
+use imbl::ordmap::DiffItem;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::jiff::Timestamp;
 
@@ -84,6 +85,10 @@ pub struct Memo {
     ingresses: HashMap<ObjectKey, IngressMemo>,
     /// Every host named by a served Ingress (rules and TLS entries).
     hosts: HashMap<HostPattern, HostMemo>,
+    /// The Ingresses and hosts above that have problems: collecting the problems visits only
+    /// these.
+    troubled_ingresses: HashSet<ObjectKey>,
+    troubled_hosts: HashSet<HostPattern>,
     /// Served Ingresses with a default backend.
     defaulting: BTreeSet<Age>,
     default_problems: Vec<Problem>,
@@ -269,6 +274,7 @@ impl Run<'_> {
         let Some(source) = self.world.ingresses.get(key) else {
             self.memo.served.remove(key);
             self.memo.ignored.remove(key);
+            self.memo.troubled_ingresses.remove(key);
             self.drop_counters(old_serving.as_deref(), None);
             return;
         };
@@ -340,6 +346,19 @@ impl Run<'_> {
             None => drop(self.memo.ignored.remove(key)),
         }
         self.memo.ingresses.insert(key.clone(), memo);
+        self.note_ingress_problems(key);
+    }
+
+    /// Keeps [`Memo::troubled_ingresses`] up to date after `key`'s problems were evaluated.
+    fn note_ingress_problems(&mut self, key: &ObjectKey) {
+        let troubled = self.memo.ingresses.get(key).is_some_and(|m| {
+            !m.own_problems.is_empty() || (m.serving.is_some() && !m.ref_problems.is_empty())
+        });
+        if troubled {
+            self.memo.troubled_ingresses.insert(key.clone());
+        } else {
+            self.memo.troubled_ingresses.remove(key);
+        }
     }
 
     /// Forgets the request counters of backends an Ingress no longer has.
@@ -482,6 +501,7 @@ impl Run<'_> {
         if let Some(memo) = self.memo.ingresses.get_mut(key) {
             memo.ref_problems = problems;
         }
+        self.note_ingress_problems(key);
     }
 
     /// The served version of an Ingress in the indexes.
@@ -556,6 +576,7 @@ impl Run<'_> {
             .collect();
         if contributors.is_empty() {
             self.memo.hosts.remove(host);
+            self.memo.troubled_hosts.remove(host);
             table.set_host(host, None);
             index.set(host, None);
             return;
@@ -617,6 +638,11 @@ impl Run<'_> {
             }
         }
         index.set(host, winner.map(|(cert, ..)| cert.key.clone()));
+        if problems.is_empty() {
+            self.memo.troubled_hosts.remove(host);
+        } else {
+            self.memo.troubled_hosts.insert(host.clone());
+        }
         if let Some(memo) = self.memo.hosts.get_mut(host) {
             memo.problems = problems;
         }
@@ -746,13 +772,23 @@ impl Run<'_> {
         }
         certificate_updates.sort();
 
-        for memo in self.memo.ingresses.values() {
+        for memo in self
+            .memo
+            .troubled_ingresses
+            .iter()
+            .filter_map(|k| self.memo.ingresses.get(k))
+        {
             problems.extend(memo.own_problems.iter().cloned());
             if memo.serving.is_some() {
                 problems.extend(memo.ref_problems.iter().cloned());
             }
         }
-        for memo in self.memo.hosts.values() {
+        for memo in self
+            .memo
+            .troubled_hosts
+            .iter()
+            .filter_map(|h| self.memo.hosts.get(h))
+        {
             problems.extend(memo.problems.iter().cloned());
         }
         problems.extend(self.memo.default_problems.iter().cloned());
@@ -827,55 +863,28 @@ fn counter_key(ingress: &ObjectKey, service: &ServiceRef) -> CounterKey {
     }
 }
 
-/// Whether two maps hold the same objects (the same `Arc`s, each under its own key).
-fn same<K: Ord + Clone, V>(a: &Objects<K, V>, b: &Objects<K, V>) -> bool {
-    a.ptr_eq(b) || (a.len() == b.len() && a.values().zip(b.values()).all(|(va, vb)| Arc::ptr_eq(va, vb)))
+/// Whether two maps hold the same objects.
+fn same<K: Ord + Clone, V: PartialEq>(a: &Objects<K, V>, b: &Objects<K, V>) -> bool {
+    a.diff(b).next().is_none()
 }
 
 /// Calls `f` for every key whose object was added, removed or replaced from `old` to `new`.
-/// Objects are compared by identity: a source hands over an unchanged object as the same `Arc`,
-/// and a map it did not touch as the same map (nothing to compare).
-fn diff<K: Ord + Clone, V>(
+/// The maps are persistent: the parts a source did not touch are shared and skipped unseen, so
+/// a change costs in proportion to what changed, not to the number of objects. An object
+/// replaced by an equal one (a resync) is not a change.
+fn diff<K: Ord + Clone, V: PartialEq>(
     old: &Objects<K, V>,
     new: &Objects<K, V>,
     mut f: impl FnMut(&K, Option<&Arc<V>>, Option<&Arc<V>>),
 ) {
-    if old.ptr_eq(new) {
-        return;
-    }
-    let mut a = old.iter().peekable();
-    let mut b = new.iter().peekable();
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => return,
-            (Some((k, v)), None) => {
-                f(k, Some(v), None);
-                a.next();
-            }
-            (None, Some((k, v))) => {
-                f(k, None, Some(v));
-                b.next();
-            }
-            // An object is shared under its own key only: the same `Arc` means the same key.
-            (Some((_, va)), Some((_, vb))) if Arc::ptr_eq(va, vb) => {
-                a.next();
-                b.next();
-            }
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    f(ka, Some(va), None);
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    f(kb, None, Some(vb));
-                    b.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    f(ka, Some(va), Some(vb));
-                    a.next();
-                    b.next();
-                }
-            },
+    for item in old.diff(new) {
+        match item {
+            DiffItem::Add(key, after) => f(key, None, Some(after)),
+            DiffItem::Update {
+                old: (key, before),
+                new: (_, after),
+            } => f(key, Some(before), Some(after)),
+            DiffItem::Remove(key, before) => f(key, Some(before), None),
         }
     }
 }
@@ -940,6 +949,28 @@ impl<'a> Classes<'a> {
 
 fn ingress_subject(key: &ObjectKey) -> Subject {
     Subject::object("Ingress", &key.namespace, &key.name)
+}
+
+#[cfg(test)]
+impl Memo {
+    /// Whether the indexes of what has problems hold exactly what a visit of every entry finds.
+    fn troubles_indexed(&self) -> bool {
+        let ingresses: HashSet<ObjectKey> = self
+            .ingresses
+            .iter()
+            .filter(|(_, m)| {
+                !m.own_problems.is_empty() || (m.serving.is_some() && !m.ref_problems.is_empty())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let hosts: HashSet<HostPattern> = self
+            .hosts
+            .iter()
+            .filter(|(_, m)| !m.problems.is_empty())
+            .map(|(h, _)| h.clone())
+            .collect();
+        ingresses == self.troubled_ingresses && hosts == self.troubled_hosts && self.certs.troubles_indexed()
+    }
 }
 
 #[cfg(test)]

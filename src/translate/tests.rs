@@ -329,11 +329,23 @@ spec: {ports: [{name: web, port: 8000}]}
 }
 
 fn tls_secret(name: &str, hosts: &[&str]) -> String {
+    tls_secret_from(name, hosts, |_| {})
+}
+
+/// A TLS Secret whose certificate expired in 2020.
+fn expired_tls_secret(name: &str, hosts: &[&str]) -> String {
+    tls_secret_from(name, hosts, |params| {
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    })
+}
+
+fn tls_secret_from(name: &str, hosts: &[&str], adjust: impl FnOnce(&mut rcgen::CertificateParams)) -> String {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+    adjust(&mut params);
+    let cert = params.self_signed(&key).unwrap();
     let indent = |s: String| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
     format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
@@ -780,10 +792,19 @@ mod incremental {
     ];
     const CERT_HOSTS: [&[&str]; 4] = [&["h0.test"], &["h1.test", "h2.test"], &["*.w.test"], &["h3.test"]];
 
-    /// Four TLS Secrets' YAML bodies, generated once.
+    /// Six TLS Secrets' YAML bodies, generated once: one for each of `CERT_HOSTS`, an
+    /// expired one and one that does not parse.
     fn cert_yaml(i: usize) -> &'static str {
         static CERTS: OnceLock<Vec<String>> = OnceLock::new();
-        &CERTS.get_or_init(|| CERT_HOSTS.iter().map(|hosts| tls_secret("NAME", hosts)).collect())[i]
+        &CERTS.get_or_init(|| {
+            let mut certs: Vec<String> = CERT_HOSTS.iter().map(|hosts| tls_secret("NAME", hosts)).collect();
+            certs.push(expired_tls_secret("NAME", &["h1.test"]));
+            certs.push(
+                "---\napiVersion: v1\nkind: Secret\nmetadata: {name: NAME}\ntype: kubernetes.io/tls\nstringData: {tls.crt: not a certificate, tls.key: not a key}\n"
+                    .to_owned(),
+            );
+            certs
+        })[i]
     }
 
     /// A small deterministic generator for an object's details.
@@ -819,7 +840,12 @@ mod incremental {
                     endpoints.join(", ")
                 )
             }
-            2 => cert_yaml(b.take(4)).replace("NAME", &format!("t{index}")),
+            2 => match b.take(6) {
+                // Always broken under its name: a Secret that breaks keeps its last good
+                // certificate in service, which a translation from scratch cannot know.
+                5 => cert_yaml(5).replace("NAME", "t4"),
+                i => cert_yaml(i).replace("NAME", &format!("t{index}")),
+            },
             3 => {
                 let class = ["pylon", "pylon", "pylon", "other"][b.take(4)];
                 let created = ["2024-01-01", "2024-01-02", "2024-01-03"][b.take(3)];
@@ -830,6 +856,13 @@ mod incremental {
                 if b.take(3) == 0 {
                     annotations.push("nginx.ingress.kubernetes.io/ssl-redirect: \"false\"");
                 }
+                // Always invalid under its name, like the broken Secret above.
+                let name = if b.take(4) == 0 {
+                    annotations.push("nginx.ingress.kubernetes.io/proxy-body-size: lots");
+                    format!("bad{index}")
+                } else {
+                    format!("i{index}")
+                };
                 let mut body = format!("  ingressClassName: {class}\n");
                 if b.take(3) == 0 {
                     body += &format!(
@@ -863,7 +896,7 @@ mod incremental {
                     );
                 }
                 format!(
-                    "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: i{index}, creationTimestamp: \"{created}T00:00:00Z\", annotations: {{{}}}}}\nspec:\n{body}",
+                    "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, creationTimestamp: \"{created}T00:00:00Z\", annotations: {{{}}}}}\nspec:\n{body}",
                     annotations.join(", ")
                 )
             }
@@ -969,6 +1002,9 @@ mod incremental {
                 let mut scratch_memo = Memo::default();
                 let scratch = first(w.clone(), &s, &mut scratch_memo);
                 prop_assert_eq!(outcome(&t, &memo), outcome(&scratch, &scratch_memo), "step {}", step);
+                // Problems are collected from indexes of what has them: both must be complete.
+                prop_assert!(memo.troubles_indexed(), "step {}", step);
+                prop_assert!(scratch_memo.troubles_indexed(), "step {}", step);
                 // The updates reported along the way add up to what is in service.
                 for (secret, not_after) in &t.certificate_updates {
                     match not_after {
