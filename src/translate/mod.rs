@@ -123,6 +123,13 @@ struct IngressMemo {
     ref_problems: Vec<Problem>,
 }
 
+impl IngressMemo {
+    /// Its problems count: its own, and while it is served, those of what it refers to.
+    fn has_problems(&self) -> bool {
+        !self.own_problems.is_empty() || (self.serving.is_some() && !self.ref_problems.is_empty())
+    }
+}
+
 #[derive(Debug, Default)]
 struct HostMemo {
     /// The served Ingresses naming this host, oldest first.
@@ -351,10 +358,12 @@ impl Run<'_> {
 
     /// Keeps [`Memo::troubled_ingresses`] up to date after `key`'s problems were evaluated.
     fn note_ingress_problems(&mut self, key: &ObjectKey) {
-        let troubled = self.memo.ingresses.get(key).is_some_and(|m| {
-            !m.own_problems.is_empty() || (m.serving.is_some() && !m.ref_problems.is_empty())
-        });
-        if troubled {
+        if self
+            .memo
+            .ingresses
+            .get(key)
+            .is_some_and(IngressMemo::has_problems)
+        {
             self.memo.troubled_ingresses.insert(key.clone());
         } else {
             self.memo.troubled_ingresses.remove(key);
@@ -958,9 +967,7 @@ impl Memo {
         let ingresses: HashSet<ObjectKey> = self
             .ingresses
             .iter()
-            .filter(|(_, m)| {
-                !m.own_problems.is_empty() || (m.serving.is_some() && !m.ref_problems.is_empty())
-            })
+            .filter(|(_, m)| m.has_problems())
             .map(|(k, _)| k.clone())
             .collect();
         let hosts: HashSet<HostPattern> = self
