@@ -122,20 +122,19 @@ impl Certs {
 
     /// Replaces (or removes) what is known about `key`, keeping `troubled` in step.
     fn put(&mut self, key: &ObjectKey, memo: Option<CertMemo>) {
-        let old = match memo {
-            Some(memo) => {
-                if let Some(from) = memo.troubled_from() {
-                    self.troubled.insert((from, key.clone()));
-                }
-                self.by_secret.insert(key.clone(), memo)
-            }
-            None => self.by_secret.remove(key),
-        };
-        let new_from = self.by_secret.get(key).and_then(CertMemo::troubled_from);
-        if let Some(from) = old.as_ref().and_then(CertMemo::troubled_from)
-            && Some(from) != new_from
+        if let Some(from) = self
+            .by_secret
+            .remove(key)
+            .as_ref()
+            .and_then(CertMemo::troubled_from)
         {
             self.troubled.remove(&(from, key.clone()));
+        }
+        if let Some(memo) = memo {
+            if let Some(from) = memo.troubled_from() {
+                self.troubled.insert((from, key.clone()));
+            }
+            self.by_secret.insert(key.clone(), memo);
         }
     }
 
