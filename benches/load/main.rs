@@ -12,7 +12,12 @@
 //! `c + 2C`, …). One line per completed request goes to the log in h2load's format (start in
 //! microseconds since the Unix epoch, status, microseconds taken), and a JSON summary to stdout.
 //!
-//! Usage: `bench-load <connect addr> <host> <rate/s> <connections> <seconds> <log file>`
+//! It is also S1b's load (keep-alive requests at a fixed rate): h2load's `--rps` sends every
+//! connection's request in the same instant, and its latencies are then mostly the place of a
+//! request in that burst. With `plain` it speaks HTTP without TLS, for the benchmark's
+//! reference that loads the upstream directly.
+//!
+//! Usage: `bench-load <connect addr> <host> <rate/s> <connections> <seconds> <log file> [plain]`
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -23,10 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 /// How long one request (with a reconnect) may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,9 +47,17 @@ struct Counts {
 struct Target {
     addr: SocketAddr,
     host: String,
-    tls: TlsConnector,
+    /// None: plain HTTP.
+    tls: Option<TlsConnector>,
     request: Vec<u8>,
 }
+
+/// A connection to the target, with or without TLS.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+type Stream = Box<dyn Connection>;
 
 enum Outcome {
     /// The status, and whether the server will close the connection after it.
@@ -56,8 +68,12 @@ enum Outcome {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, addr, host, rate, connections, seconds, log] = args.as_slice() else {
-        eprintln!("usage: bench-load <connect addr> <host> <rate/s> <connections> <seconds> <log file>");
+    let (plain, args) = match args.split_last() {
+        Some((last, rest)) if last == "plain" => (true, rest),
+        _ => (false, args.as_slice()),
+    };
+    let [_, addr, host, rate, connections, seconds, log] = args else {
+        eprintln!("usage: bench-load <connect addr> <host> <rate/s> <connections> <seconds> <log file> [plain]");
         std::process::exit(2);
     };
     let (Ok(addr), Ok(rate), Ok(connections), Ok(seconds)) = (
@@ -77,7 +93,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let (lines, counts) = runtime.block_on(run(addr, host, rate, connections, seconds));
+    let (lines, counts) = runtime.block_on(run(addr, host, rate, connections, seconds, plain));
     let mut out = std::io::BufWriter::new(std::fs::File::create(log).expect("the log file"));
     for (start_us, status, took_us) in &lines {
         writeln!(out, "{start_us}\t{status}\t{took_us}").expect("writing the log");
@@ -100,6 +116,7 @@ async fn run(
     rate: f64,
     connections: u64,
     seconds: f64,
+    plain: bool,
 ) -> (Vec<Line>, Arc<Counts>) {
     let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -113,7 +130,7 @@ async fn run(
     let target = Arc::new(Target {
         addr,
         host: host.to_string(),
-        tls: TlsConnector::from(Arc::new(config)),
+        tls: (!plain).then(|| TlsConnector::from(Arc::new(config))),
         request: format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench-load\r\n\r\n").into_bytes(),
     });
     let counts = Arc::new(Counts::default());
@@ -174,7 +191,7 @@ async fn run(
 async fn request(
     target: &Target,
     counts: &Counts,
-    stream: &mut Option<TlsStream<TcpStream>>,
+    stream: &mut Option<Stream>,
 ) -> std::io::Result<u16> {
     loop {
         let (mut s, reused) = match stream.take() {
@@ -197,17 +214,22 @@ async fn request(
     }
 }
 
-async fn connect(target: &Target, counts: &Counts) -> std::io::Result<TlsStream<TcpStream>> {
+async fn connect(target: &Target, counts: &Counts) -> std::io::Result<Stream> {
     let tcp = TcpStream::connect(target.addr).await?;
     tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(target.host.clone()).map_err(std::io::Error::other)?;
-    let tls = target.tls.connect(name, tcp).await?;
+    let stream: Stream = match &target.tls {
+        Some(tls) => {
+            let name = ServerName::try_from(target.host.clone()).map_err(std::io::Error::other)?;
+            Box::new(tls.connect(name, tcp).await?)
+        }
+        None => Box::new(tcp),
+    };
     counts.connects.fetch_add(1, Ordering::Relaxed);
-    Ok(tls)
+    Ok(stream)
 }
 
 /// Sends the request and reads one response with a `Content-Length` body.
-async fn exchange(s: &mut TlsStream<TcpStream>, request: &[u8]) -> std::io::Result<Outcome> {
+async fn exchange(s: &mut Stream, request: &[u8]) -> std::io::Result<Outcome> {
     s.write_all(request).await?;
     s.flush().await?;
     let mut buf = Vec::with_capacity(1024);
