@@ -73,7 +73,9 @@ fn main() {
         _ => (false, args.as_slice()),
     };
     let [_, addr, host, rate, connections, seconds, log] = args else {
-        eprintln!("usage: bench-load <connect addr> <host> <rate/s> <connections> <seconds> <log file> [plain]");
+        eprintln!(
+            "usage: bench-load <connect addr> <host> <rate/s> <connections> <seconds> <log file> [plain]"
+        );
         std::process::exit(2);
     };
     let (Ok(addr), Ok(rate), Ok(connections), Ok(seconds)) = (
@@ -188,11 +190,7 @@ async fn run(
 
 /// One request on the kept connection, opening one first if there is none; a kept connection
 /// closed under the request is replaced once.
-async fn request(
-    target: &Target,
-    counts: &Counts,
-    stream: &mut Option<Stream>,
-) -> std::io::Result<u16> {
+async fn request(target: &Target, counts: &Counts, stream: &mut Option<Stream>) -> std::io::Result<u16> {
     loop {
         let (mut s, reused) = match stream.take() {
             Some(s) => (s, true),

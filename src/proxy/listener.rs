@@ -32,6 +32,11 @@ use crate::admin::Health;
 use crate::metrics::Metrics;
 
 /// How long a client may take to complete its TLS handshake (nginx and pingora allow 60 s).
+///
+/// This and the PROXY header's limit are pingora's coarse timers (10 ms ticks from a thread of
+/// their own), not tokio's: a new tokio timer due before every other one in the runtime wakes
+/// the runtime's I/O driver through its eventfd, one `write` and one more `epoll_wait` per
+/// connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection may take to send its PROXY protocol header. Load balancers send it
 /// with the connection's first packet.
@@ -232,7 +237,7 @@ impl Connection {
         let Some(config) = &self.tls else {
             return Some(Box::new(Coalesced::new(l4)));
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(config.clone(), l4)).await {
+        match pingora::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(config.clone(), l4)).await {
             Ok(Ok(tls)) => {
                 self.metrics
                     .tls_handshakes
@@ -265,7 +270,7 @@ impl Connection {
                 .with_label_values(&[reason])
                 .inc();
         };
-        match tokio::time::timeout(PROXY_HEADER_TIMEOUT, proxy_protocol::read_header(&mut l4)).await {
+        match pingora::time::timeout(PROXY_HEADER_TIMEOUT, proxy_protocol::read_header(&mut l4)).await {
             Ok(Ok((header, rest))) => {
                 l4.rewind(&rest);
                 Some((l4, header.source.unwrap_or(peer)))
