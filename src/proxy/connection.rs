@@ -168,7 +168,7 @@ async fn h2_preface(mut stream: Stream, limits: &HeadLimits) -> Option<Stream> {
         }
         true
     };
-    match tokio::time::timeout(limits.timeout, preface).await {
+    match pingora::time::timeout(limits.timeout, preface).await {
         // pingora's HTTP/2 handshake refuses anything but the preface.
         Ok(true) => Some(Box::new(Replay::new(ahead, stream))),
         Ok(false) => None,
@@ -240,8 +240,10 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
         return None;
     }
     let mut first = [0u8; 1];
+    // pingora's coarse timer, as for the TLS handshake (see `super::listener`): a tokio timer
+    // here would wake the runtime's I/O driver whenever it is the runtime's earliest.
     let read = tokio::select! {
-        read = tokio::time::timeout(idle, stream.read(&mut first)) => read,
+        read = pingora::time::timeout(idle, stream.read(&mut first)) => read,
         _ = closing.changed() => return None,
     };
     if !matches!(read, Ok(Ok(1))) {

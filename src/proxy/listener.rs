@@ -33,10 +33,10 @@ use crate::metrics::Metrics;
 
 /// How long a client may take to complete its TLS handshake (nginx and pingora allow 60 s).
 ///
-/// This and the PROXY header's limit are pingora's coarse timers (10 ms ticks from a thread of
-/// their own), not tokio's: a new tokio timer due before every other one in the runtime wakes
-/// the runtime's I/O driver through its eventfd, one `write` and one more `epoll_wait` per
-/// connection.
+/// This, the PROXY header's limit and the waits for a connection's next request (see
+/// [`super::connection`]) are pingora's coarse timers (10 ms ticks from a thread of their own),
+/// not tokio's: a new tokio timer due before every other one in the runtime wakes the runtime's
+/// I/O driver through its eventfd, one `write` and one more `epoll_wait` per connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection may take to send its PROXY protocol header. Load balancers send it
 /// with the connection's first packet.
