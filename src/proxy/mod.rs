@@ -485,7 +485,8 @@ impl ProxyHttp for Proxy {
             kept(X_FORWARDED_PORT),
         );
         if !keep_proto {
-            upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
+            let proto = http::HeaderValue::from_static(if ctx.tls { "https" } else { "http" });
+            upstream.insert_header(X_FORWARDED_PROTO, proto)?;
         }
         let host = authority(session.req_header()).and_then(|a| http::HeaderValue::from_bytes(a).ok());
         if let Some(host) = &host
