@@ -635,6 +635,22 @@ mod tests {
         assert!(Pin::new(server).poll_read(&mut cx, &mut buf).is_pending());
     }
 
+    /// Reads `len` bytes as a slow reader: a few KiB at a time, yielding after each read for
+    /// the first MiB, so that the writer finds the socket full.
+    async fn read_slowly(client: &mut ClientStream<TcpStream>, len: usize, chunk: usize) -> Vec<u8> {
+        let mut received = Vec::with_capacity(len);
+        let mut buf = vec![0; chunk];
+        while received.len() < len {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            received.extend_from_slice(&buf[..n]);
+            if received.len() < 1 << 20 {
+                tokio::task::yield_now().await;
+            }
+        }
+        received
+    }
+
     #[tokio::test]
     async fn reads_records_larger_than_the_readers_buffer_and_frees_its_buffers_when_idle() {
         let (mut server, mut client) = pair().await;
@@ -694,16 +710,7 @@ mod tests {
             assert_no_buffers(&server);
             server
         });
-        let mut received = Vec::with_capacity(expected.len());
-        let mut buf = vec![0; 7000];
-        while received.len() < expected.len() {
-            let n = client.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            received.extend_from_slice(&buf[..n]);
-            if received.len() < 1 << 20 {
-                tokio::task::yield_now().await;
-            }
-        }
+        let received = read_slowly(&mut client, expected.len(), 7000).await;
         assert!(received == expected, "the 4 MiB arrived unchanged");
         writer.await.unwrap();
     }
@@ -725,16 +732,7 @@ mod tests {
             server.flush().await.unwrap();
             assert_no_buffers(&server);
         });
-        let mut received = Vec::with_capacity(expected.len());
-        let mut buf = vec![0; 5000];
-        while received.len() < expected.len() {
-            let n = client.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            received.extend_from_slice(&buf[..n]);
-            if received.len() < 1 << 20 {
-                tokio::task::yield_now().await;
-            }
-        }
+        let received = read_slowly(&mut client, expected.len(), 5000).await;
         assert!(received == expected, "every piece arrived, in order");
         writer.await.unwrap();
     }
