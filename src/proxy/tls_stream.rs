@@ -302,32 +302,21 @@ impl TlsStream {
     /// the rest), so the first piece's record waits in `outgoing` when the second comes.
     fn poll_send_more(&mut self, cx: &mut Context<'_>, records: &[u8]) -> io::Result<()> {
         let mut done = 0;
-        while self.sent < self.outgoing.len() {
-            let waiting = self.outgoing.len() - self.sent;
-            let pieces = [
-                io::IoSlice::new(&self.outgoing[self.sent..]),
-                io::IoSlice::new(records),
-            ];
-            match Pin::new(&mut self.socket).poll_write_vectored(cx, &pieces)? {
-                Poll::Ready(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(n) if n < waiting => self.sent += n,
-                Poll::Ready(n) => {
-                    done = n - waiting;
-                    self.sent = 0;
-                    self.outgoing.clear();
-                }
-                Poll::Pending => {
-                    self.outgoing.extend_from_slice(records);
-                    return Ok(());
-                }
-            }
-        }
         while done < records.len() {
-            match Pin::new(&mut self.socket).poll_write(cx, &records[done..])? {
+            let waiting = &self.outgoing[self.sent..];
+            let pieces = [io::IoSlice::new(waiting), io::IoSlice::new(&records[done..])];
+            let n = match Pin::new(&mut self.socket).poll_write_vectored(cx, &pieces)? {
                 Poll::Ready(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(n) => done += n,
+                Poll::Ready(n) => n,
                 Poll::Pending => break,
-            }
+            };
+            let from_waiting = n.min(waiting.len());
+            self.sent += from_waiting;
+            done += n - from_waiting;
+        }
+        if self.sent == self.outgoing.len() {
+            self.sent = 0;
+            self.outgoing.clear();
         }
         self.outgoing.extend_from_slice(&records[done..]);
         Ok(())
