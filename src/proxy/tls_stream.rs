@@ -789,8 +789,8 @@ mod tests {
     #[tokio::test]
     async fn small_and_large_pieces_in_turn_arrive_in_order() {
         // As the h2 crate writes DATA frames: 1 024 bytes, then 15 369, without a flush between.
-        // The small piece's record waits and goes out with the large one; against a slow reader
-        // the socket takes part of the two or none, and the rest waits.
+        // The small piece waits, and its record goes out with the large one's; against a slow
+        // reader the socket takes part of the two or none, and the rest waits.
         let (mut server, mut client) = pair().await;
         let body: Vec<u8> = (0..256 * 16_393).map(|i: u32| (i % 251) as u8).collect();
         let expected = body.clone();
