@@ -412,9 +412,12 @@ impl TlsStream {
     /// frame in two pieces, its head with the payload's first 1 015 bytes, then the rest: both
     /// leave in one system call.
     fn send_with_gathered(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<()> {
+        let plaintext = self.gathered.len() + data.len();
+        if plaintext == 0 {
+            return Ok(());
+        }
         WRITE_SPACE.with_borrow_mut(|space| {
             // rustls copies each record into `space` from a buffer that starts on a page.
-            let plaintext = self.gathered.len() + data.len();
             let at = unaliased_start(
                 space,
                 plaintext + (plaintext / RECORD_PLAINTEXT + 2) * RECORD_OVERHEAD,
@@ -545,9 +548,7 @@ impl AsyncWrite for TlsStream {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.gathered.is_empty() {
-            this.send_with_gathered(cx, &[])?;
-        }
+        this.send_with_gathered(cx, &[])?;
         ready!(this.poll_send(cx))?;
         this.release_idle_buffers();
         Pin::new(&mut this.socket).poll_flush(cx)
@@ -556,9 +557,7 @@ impl AsyncWrite for TlsStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if !this.closing && !this.conn.is_handshaking() {
-            if !this.gathered.is_empty() {
-                this.send_with_gathered(cx, &[])?;
-            }
+            this.send_with_gathered(cx, &[])?;
             this.closing = true;
             let closed = this.write_with(&mut |traffic, outgoing| {
                 let start = outgoing.len();
