@@ -11,7 +11,7 @@
 //! time, in case an event was lost without notice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,7 +47,9 @@ struct FileState {
 #[derive(Debug)]
 pub struct FilesSource {
     dirs: Vec<PathBuf>,
-    files: BTreeMap<PathBuf, FileState>,
+    /// By path, in byte order: `Path`'s own order compares component by component, which
+    /// took a tenth of the start with 10 000 files.
+    files: BTreeMap<OsString, FileState>,
     /// The files above with problems: a new world visits only these for its problems.
     troubled: BTreeSet<PathBuf>,
     /// Directories that could not be read on the last full scan.
@@ -59,7 +61,7 @@ pub struct FilesSource {
     /// The objects in use, kept up to date file by file (without problems).
     world: World,
     /// Where the periodic rescan's next step starts; `None`: a new round.
-    sweep_from: Option<PathBuf>,
+    sweep_from: Option<OsString>,
 }
 
 /// What the watcher reported since the last refresh.
@@ -72,7 +74,9 @@ struct Pending {
 impl FilesSource {
     pub fn new(dirs: Vec<PathBuf>) -> Self {
         Self {
-            dirs,
+            // One spelling per directory ("a//b/" is "a/b"): files are known by their paths'
+            // bytes.
+            dirs: dirs.iter().map(|dir| dir.components().collect()).collect(),
             files: BTreeMap::new(),
             troubled: BTreeSet::new(),
             walk_problems: Vec::new(),
@@ -91,7 +95,7 @@ impl FilesSource {
     /// anything did.
     pub fn refresh(&mut self) -> bool {
         let (new, mut changed) = self.walk_all();
-        let known: Vec<PathBuf> = self.files.keys().cloned().collect();
+        let known: Vec<PathBuf> = self.files.keys().map(PathBuf::from).collect();
         for path in known.iter().chain(&new) {
             changed |= self.reread(path);
         }
@@ -105,7 +109,7 @@ impl FilesSource {
     /// anything changed.
     pub fn sweep(&mut self, steps: usize) -> bool {
         let mut changed = false;
-        let from = match self.sweep_from.take() {
+        let from: OsString = match self.sweep_from.take() {
             Some(from) => from,
             None => {
                 let (new, walked) = self.walk_all();
@@ -113,7 +117,7 @@ impl FilesSource {
                 for path in &new {
                     changed |= self.reread(path);
                 }
-                PathBuf::new()
+                OsString::new()
             }
         };
         // The stamps are compared in place: only the files that changed are looked up again.
@@ -124,8 +128,8 @@ impl FilesSource {
                 self.sweep_from = Some(path.clone());
                 break;
             }
-            if stamp(path) != Some(state.stamp) {
-                stale.push(path.clone());
+            if stamp(Path::new(path)) != Some(state.stamp) {
+                stale.push(PathBuf::from(path));
             }
         }
         for path in &stale {
@@ -160,7 +164,7 @@ impl FilesSource {
         for path in self.files.keys() {
             match index.get(path.as_os_str()) {
                 Some(&i) => known[i] = true,
-                None => gone.push(path.clone()),
+                None => gone.push(PathBuf::from(path)),
             }
         }
         drop(index);
@@ -173,8 +177,8 @@ impl FilesSource {
             .filter_map(|(path, known)| (!known).then_some(path))
             .collect();
         // (A directory listed twice, or inside another listed one.)
-        new.sort_unstable();
-        new.dedup();
+        new.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+        new.dedup_by(|a, b| a.as_os_str() == b.as_os_str());
         (new, changed)
     }
 
@@ -194,11 +198,14 @@ impl FilesSource {
                 Ok(_) => {}
                 // Gone: if it was a directory holding manifests, rescan.
                 Err(_) => {
+                    // The files under it follow it in byte order, after its separator.
+                    let mut under = path.as_os_str().to_owned();
+                    under.push(std::path::MAIN_SEPARATOR_STR);
                     if self
                         .files
-                        .range(path.to_path_buf()..)
+                        .range(under.clone()..)
                         .next()
-                        .is_some_and(|(p, _)| p.starts_with(path) && p != path)
+                        .is_some_and(|(p, _)| p.as_encoded_bytes().starts_with(under.as_encoded_bytes()))
                     {
                         return None;
                     }
@@ -227,12 +234,12 @@ impl FilesSource {
     /// is gone). Returns whether it changed.
     fn reread(&mut self, path: &Path) -> bool {
         let stamp = stamp(path);
-        if let (Some(stamp), Some(state)) = (stamp, self.files.get(path))
+        if let (Some(stamp), Some(state)) = (stamp, self.files.get(path.as_os_str()))
             && state.stamp == stamp
         {
             return false;
         }
-        let previous = self.files.remove(path);
+        let previous = self.files.remove(path.as_os_str());
         let next = match (stamp, previous) {
             (None, None) => return false,
             (None, Some(state)) => {
@@ -254,7 +261,7 @@ impl FilesSource {
         }
         if let Some(state) = next {
             let ids: Vec<ObjectId> = state.objects.keys().cloned().collect();
-            self.files.insert(path.to_path_buf(), state);
+            self.files.insert(path.as_os_str().to_owned(), state);
             for id in ids {
                 self.definers
                     .entry(id.clone())
@@ -294,7 +301,7 @@ impl FilesSource {
                 } else {
                     self.duplicates.remove(id);
                 }
-                if let Some(object) = self.files.get(path).and_then(|f| f.objects.get(id)) {
+                if let Some(object) = self.files.get(path.as_os_str()).and_then(|f| f.objects.get(id)) {
                     self.world.insert(id.key.clone(), object.clone());
                 }
             }
@@ -306,7 +313,11 @@ impl FilesSource {
     pub fn world(&self) -> World {
         let mut world = self.world.clone();
         world.problems = self.walk_problems.clone();
-        for state in self.troubled.iter().filter_map(|path| self.files.get(path)) {
+        for state in self
+            .troubled
+            .iter()
+            .filter_map(|path| self.files.get(path.as_os_str()))
+        {
             world.problems.extend(state.problems.iter().cloned());
         }
         for id in &self.duplicates {
@@ -785,10 +796,14 @@ mod tests {
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
         std::fs::write(sub.join("a.yaml"), INGRESS).unwrap();
+        // Between "sub" and "sub/a.yaml" in byte order.
+        let sibling = dir.path().join("sub-old");
+        std::fs::create_dir(&sibling).unwrap();
+        std::fs::write(sibling.join("b.yaml"), INGRESS.replace("app", "other")).unwrap();
         let mut source = FilesSource::new(vec![dir.path().to_owned()]);
         assert_eq!(source.refresh_paths([sub.as_path()]), None, "directory appeared");
         assert!(source.refresh());
-        assert_eq!(source.world().ingresses.len(), 1);
+        assert_eq!(source.world().ingresses.len(), 2);
 
         // A ConfigMap volume swaps its hidden `..data` link to a new directory.
         let data = dir.path().join("..data");
@@ -799,7 +814,7 @@ mod tests {
         std::fs::rename(&sub, dir.path().join(".moved")).unwrap();
         assert_eq!(source.refresh_paths([sub.as_path()]), None);
         assert!(source.refresh());
-        assert!(source.world().ingresses.is_empty());
+        assert_eq!(source.world().ingresses.len(), 1);
     }
 
     #[test]
