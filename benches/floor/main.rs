@@ -38,8 +38,12 @@ fn main() {
     };
     // The same crypto provider as pylon's listeners.
     let _ = pylon::tls::provider().install_default();
+    // Stopped at once on SIGTERM: pingora's default grace period is five minutes, and the
+    // harness would wait out its own timeout on every round.
     let conf = ServerConf {
         threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
