@@ -3,7 +3,9 @@
 //!
 //! Readiness waits for every reflector's initial list. When the API server goes away the
 //! reflectors keep their last state and retry with backoff, so pylon keeps serving the last
-//! snapshot and resyncs when the server returns.
+//! snapshot and resyncs when the server returns. cert-manager's CRDs may be installed after
+//! pylon starts: the source looks for them every 10 s until it finds them, then watches the
+//! issuers.
 //!
 //! After a change only the objects a watch names are looked up again in the stores, so a
 //! change costs the same with 10 objects or 10 000; a watch that lists again (after an outage,
@@ -35,6 +37,10 @@ use super::cert_manager::IssuerObject;
 use super::manifest::{Kind, ObjectId};
 use super::{ObjectKey, SharedObject, World};
 use crate::acme::state;
+
+/// How often the source looks for cert-manager's CRDs while they are not installed (one
+/// discovery request to the API server).
+const CRD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long the source waits after a change for more changes before updating the world.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -288,35 +294,15 @@ pub async fn run(
         &ctx,
         &mut tasks,
     ));
-    if let Some(resources) = cert_manager_resources(&client).await {
-        let (cluster, namespaced_issuer) = resources.clone();
-        stores.issuer_resources = Some(resources);
-        let writer = Writer::new(cluster.clone());
-        stores.cluster_issuers.push(writer.as_reader());
-        tasks.push(tokio::spawn(drive(
-            Api::<DynamicObject>::all_with(client.clone(), &cluster),
-            config(),
-            writer,
-            Kind::ClusterIssuer,
-            ctx.clone(),
-        )));
-        for ns in &scopes {
-            let api = match ns {
-                Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &namespaced_issuer),
-                None => Api::<DynamicObject>::all_with(client.clone(), &namespaced_issuer),
-            };
-            let writer = Writer::new(namespaced_issuer.clone());
-            stores.issuers.push(writer.as_reader());
-            tasks.push(tokio::spawn(drive(
-                api,
-                config(),
-                writer,
-                Kind::Issuer,
-                ctx.clone(),
-            )));
+    // Until cert-manager's CRDs are found, the loop below looks for them now and then and
+    // starts the issuer watches then; it keeps a context for them until it does.
+    let mut issuers_ctx = None;
+    match cert_manager_resources(&client).await {
+        Some(resources) => watch_issuers(&client, resources, &scopes, &ctx, &mut stores, &mut tasks),
+        None => {
+            info!("cert-manager's CRDs are not installed: no ClusterIssuer or Issuer is read until they are");
+            issuers_ctx = Some(ctx.clone());
         }
-    } else {
-        info!("cert-manager's CRDs are not installed: no ClusterIssuer or Issuer is read");
     }
     drop(ctx);
 
@@ -335,10 +321,24 @@ pub async fn run(
     take(&pending);
     let mut world = stores.world();
     tx.send_replace(Arc::new(world.clone()));
+    let mut crd_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + CRD_CHECK_INTERVAL,
+        CRD_CHECK_INTERVAL,
+    );
+    crd_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             c = changed.recv() => if c.is_none() { break },
             _ = shutdown.changed() => break,
+            _ = crd_check.tick(), if issuers_ctx.is_some() => {
+                if let Some(resources) = cert_manager_resources(&client).await {
+                    info!("cert-manager's CRDs are installed now: reading ClusterIssuers and Issuers");
+                    let ctx = issuers_ctx.take().expect("checked by the branch's condition");
+                    watch_issuers(&client, resources, &scopes, &ctx, &mut stores, &mut tasks);
+                }
+                // The new watches report their first lists as changes.
+                continue;
+            }
         }
         tokio::time::sleep(DEBOUNCE).await;
         while changed.try_recv().is_ok() {}
@@ -498,6 +498,43 @@ impl Iterator for WatchBackoff {
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = WATCH_RETRY_MIN;
+    }
+}
+
+/// Starts the watches of cert-manager's ClusterIssuers and Issuers (in each of `scopes`).
+fn watch_issuers(
+    client: &Client,
+    resources: (ApiResource, ApiResource),
+    scopes: &[Option<String>],
+    ctx: &Ctx,
+    stores: &mut Stores,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (cluster, namespaced_issuer) = resources.clone();
+    stores.issuer_resources = Some(resources);
+    let writer = Writer::new(cluster.clone());
+    stores.cluster_issuers.push(writer.as_reader());
+    tasks.push(tokio::spawn(drive(
+        Api::<DynamicObject>::all_with(client.clone(), &cluster),
+        watcher::Config::default().any_semantic(),
+        writer,
+        Kind::ClusterIssuer,
+        ctx.clone(),
+    )));
+    for ns in scopes {
+        let api = match ns {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &namespaced_issuer),
+            None => Api::<DynamicObject>::all_with(client.clone(), &namespaced_issuer),
+        };
+        let writer = Writer::new(namespaced_issuer.clone());
+        stores.issuers.push(writer.as_reader());
+        tasks.push(tokio::spawn(drive(
+            api,
+            watcher::Config::default().any_semantic(),
+            writer,
+            Kind::Issuer,
+            ctx.clone(),
+        )));
     }
 }
 

@@ -314,6 +314,48 @@ async fn the_cert_manager_users_story_in_a_cluster() {
     }
 }
 
+/// cert-manager's CRDs installed while pylon runs: its ClusterIssuers are read from then on,
+/// without a restart. (An API server of its own: the shared one has the CRDs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_manager_crds_installed_later_are_found_without_a_restart() {
+    let env = KubeEnv::start();
+    let ns = env.namespace("late-crds");
+    let up = Upstream::start("app");
+    apply_in(&env, &ns, &external_service("app", up.addr));
+    let name = format!("le-{ns}");
+    apply_in(&env, &ns, &annotated("app", "late.example.com", "app-tls", &name));
+    let pylon = Pylon::start_with(&[], options(&env, &ns, None, ""));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pylon.admin_get("/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "not ready\n{}", pylon.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        pylon.stderr().contains("CRDs are not installed"),
+        "{}",
+        pylon.stderr()
+    );
+
+    env.install_cert_manager_crds();
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: pylon.http.port(),
+        ..Default::default()
+    });
+    env.apply(&issuer(&pebble, &name));
+    let root = pebble.root().await;
+    served_by_root(&pylon, "late.example.com", &root, Duration::from_secs(60)).await;
+    assert!(
+        pylon.stderr().contains("CRDs are installed now"),
+        "{}",
+        pylon.stderr()
+    );
+    let secret = kubectl_json(&env, &["get", "secret", "app-tls", "-n", &ns]);
+    assert_eq!(
+        secret["metadata"]["annotations"]["cert-manager.io/issuer-name"],
+        name
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_orderer_per_cluster_and_a_new_leader_finishes_the_order() {
     let env = KubeEnv::shared();
