@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::problem::{Problem, Severity};
 use crate::snapshot::Published;
 use crate::source::World;
+use crate::source::names::Names;
 use crate::translate::{Memo, Settings, translate};
 
 pub struct Control {
@@ -150,19 +151,41 @@ impl Control {
         translation.problems
     }
 
-    /// Applies every new world until the source stops or shutdown begins.
+    /// Applies every new world until the source stops or shutdown begins, with the DNS names of
+    /// its ExternalName Services resolved beside it (each new result is applied too).
     pub async fn run(mut self, mut worlds: watch::Receiver<Arc<World>>, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                changed = worlds.changed() => {
-                    if changed.is_err() {
-                        return;
+        let (names_tx, mut names) = watch::channel(Names::default());
+        let resolver = crate::source::names::run(worlds.clone(), names_tx, shutdown.clone());
+        let apply = async move {
+            loop {
+                tokio::select! {
+                    changed = worlds.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
                     }
-                    let world = worlds.borrow_and_update().clone();
-                    self.apply(&world);
+                    changed = names.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = shutdown.changed() => return,
                 }
-                _ = shutdown.changed() => return,
+                let world = worlds.borrow_and_update().clone();
+                let names = names.borrow_and_update().clone();
+                self.apply(&with_names(world, names));
             }
-        }
+        };
+        tokio::join!(resolver, apply);
     }
+}
+
+/// `world` with `names` in it (the same world when neither has names).
+fn with_names(world: Arc<World>, names: Names) -> Arc<World> {
+    if names.is_empty() && world.names.is_empty() {
+        return world;
+    }
+    let mut w = (*world).clone();
+    w.names = names;
+    Arc::new(w)
 }

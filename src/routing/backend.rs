@@ -40,7 +40,12 @@ pub enum Unavailable {
     ServiceMissing,
     PortMissing,
     NoReadyEndpoints,
-    ExternalNameUnsupported,
+    /// An ExternalName Service without a name.
+    ExternalNameMissing,
+    /// An ExternalName Service whose DNS name has not been looked up yet.
+    NamePending,
+    /// An ExternalName Service whose DNS name has never resolved.
+    NameUnresolved,
 }
 
 impl Unavailable {
@@ -50,7 +55,9 @@ impl Unavailable {
             Self::ServiceMissing => "service not found",
             Self::PortMissing => "service port not found",
             Self::NoReadyEndpoints => "no ready endpoints",
-            Self::ExternalNameUnsupported => "ExternalName services with a DNS name are not supported yet",
+            Self::ExternalNameMissing => "service has no external name",
+            Self::NamePending => "service name not resolved yet",
+            Self::NameUnresolved => "service name does not resolve",
         }
     }
 }

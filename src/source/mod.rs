@@ -5,6 +5,7 @@ pub mod cert_manager;
 pub mod files;
 pub mod kubernetes;
 pub mod manifest;
+pub mod names;
 
 use std::fmt;
 use std::sync::Arc;
@@ -149,4 +150,7 @@ pub struct World {
     pub issuers: Objects<ObjectKey, IssuerObject>,
     /// Problems the source found while reading (unparseable files, invalid objects).
     pub problems: Vec<Problem>,
+    /// What the DNS names of ExternalName Services resolved to (filled in by the control loop,
+    /// not by a source).
+    pub names: names::Names,
 }

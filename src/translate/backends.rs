@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::ingress::ServiceRef;
 use crate::problem::{Problem, Subject};
 use crate::routing::{Backend, BackendId, PortRef, Unavailable};
+use crate::source::names::{Names, Resolution};
 use crate::source::{ObjectKey, World};
 
 /// The label EndpointSlices carry to name their Service.
@@ -168,7 +169,12 @@ impl Backends {
         let spec = service.spec.as_ref();
         let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            return external_name(id, spec.and_then(|s| s.external_name.as_deref()), ports);
+            return external_name(
+                id,
+                spec.and_then(|s| s.external_name.as_deref()),
+                ports,
+                &world.names,
+            );
         }
         let Some(port) = ports.iter().find(|p| port_matches(p, &id.port)) else {
             return Backend::unavailable(id, Unavailable::PortMissing);
@@ -216,10 +222,15 @@ pub(super) fn unavailable_problem(ingress: &ObjectKey, backend: &Backend) -> Opt
         Unavailable::ServiceMissing => ("service_missing", "Service not found"),
         Unavailable::PortMissing => ("service_port_missing", "the Service has no such port"),
         Unavailable::NoReadyEndpoints => ("no_ready_endpoints", "no ready endpoints"),
-        Unavailable::ExternalNameUnsupported => (
-            "external_name_unsupported",
-            "ExternalName Services are supported with an IP address only, not a DNS name yet",
+        Unavailable::ExternalNameMissing => {
+            ("external_name_missing", "the ExternalName Service names no host")
+        }
+        Unavailable::NameUnresolved => (
+            "external_name_unresolved",
+            "the ExternalName Service's DNS name does not resolve (the log has the lookup's error)",
         ),
+        // Looked up within moments; not a problem of the Ingress.
+        Unavailable::NamePending => return None,
     };
     Some(Problem::warning(
         Subject::object("Ingress", &ingress.namespace, &ingress.name),
@@ -228,12 +239,20 @@ pub(super) fn unavailable_problem(ingress: &ObjectKey, backend: &Backend) -> Opt
     ))
 }
 
-/// An ExternalName Service whose name is an IP address: that address, on the Service port's
-/// target port (or the port the Ingress names). DNS names would need resolving off the
-/// request path, which pylon does not do yet.
-fn external_name(id: BackendId, name: Option<&str>, ports: &[ServicePort]) -> Backend {
-    let Some(ip) = name.and_then(|n| n.parse::<IpAddr>().ok()) else {
-        return Backend::unavailable(id, Unavailable::ExternalNameUnsupported);
+/// An ExternalName Service: its IP address, or the addresses its DNS name resolved to (off the
+/// request path, see [`crate::source::names`]), on the Service port's target port (or the port
+/// the Ingress names).
+fn external_name(id: BackendId, name: Option<&str>, ports: &[ServicePort], names: &Names) -> Backend {
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Backend::unavailable(id, Unavailable::ExternalNameMissing);
+    };
+    let ips = match name.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => match names.get(name).map(|r| &**r) {
+            Some(Resolution::Addresses(ips)) => ips.clone(),
+            Some(Resolution::Failed(_)) => return Backend::unavailable(id, Unavailable::NameUnresolved),
+            None => return Backend::unavailable(id, Unavailable::NamePending),
+        },
     };
     let port = match ports.iter().find(|p| port_matches(p, &id.port)) {
         Some(p) => match &p.target_port {
@@ -246,7 +265,7 @@ fn external_name(id: BackendId, name: Option<&str>, ports: &[ServicePort]) -> Ba
         },
     };
     match port {
-        Some(port) => Backend::new(id, vec![SocketAddr::new(ip, port)]),
+        Some(port) => Backend::new(id, ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect()),
         None => Backend::unavailable(id, Unavailable::PortMissing),
     }
 }

@@ -233,6 +233,19 @@ impl Run<'_> {
         diff(&old.services, &world.services, |key, _, _| {
             services.insert(key.clone());
         });
+        let mut names = BTreeSet::new();
+        diff(&old.names, &world.names, |name, _, _| {
+            names.insert(name.clone());
+        });
+        if !names.is_empty() {
+            // Rare (a name's addresses changed): the Services pointing at the names are found by
+            // looking at each one.
+            for (key, service) in &world.services {
+                if crate::source::names::external_dns_name(service).is_some_and(|n| names.contains(n)) {
+                    services.insert(key.clone());
+                }
+            }
+        }
         let backends = &mut self.memo.backends;
         diff(
             &old.endpoint_slices,

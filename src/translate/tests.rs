@@ -328,6 +328,87 @@ spec: {ports: [{name: web, port: 8000}]}
     assert!(Arc::ptr_eq(&a.backend, &b.backend));
 }
 
+#[test]
+fn external_name_services_use_their_resolved_addresses() {
+    use crate::routing::Unavailable::*;
+    use crate::source::names::Resolution;
+    let yaml = format!(
+        "{CLASS}{}{}",
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {type: ExternalName, externalName: db.example.com, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ip}
+spec: {type: ExternalName, externalName: 10.1.2.3}
+"#,
+        ingress(
+            "x",
+            "2024-01-01T00:00:00Z",
+            Some("pylon"),
+            &format!(
+                "  rules:\n{}{}",
+                rule("ext.test", "/", "Prefix", "ext"),
+                rule("ip.test", "/", "Prefix", "ip")
+            )
+        )
+    );
+    let s = settings("");
+    let mut memo = Memo::default();
+    let base = world(&yaml);
+    let endpoints = |t: &Translation, host: &str| -> (Vec<String>, Option<crate::routing::Unavailable>) {
+        let b = t.snapshot.routes.find(Some(host), "/").unwrap().backend.clone();
+        (
+            b.endpoints().iter().map(ToString::to_string).collect(),
+            b.why_unavailable(),
+        )
+    };
+
+    // Not looked up yet: 503 for the moment, and no problem reported.
+    let t1 = first(base.clone(), &s, &mut memo);
+    assert_eq!(endpoints(&t1, "ext.test"), (vec![], Some(NamePending)));
+    assert_eq!(endpoints(&t1, "ip.test"), (vec!["10.1.2.3:80".into()], None));
+    assert!(reasons(&t1).is_empty(), "{:?}", t1.problems);
+
+    // Resolved: its addresses on the target port, built again by the incremental path.
+    let mut w = base.clone();
+    let addrs = |ips: &[&str]| {
+        Arc::new(Resolution::Addresses(
+            ips.iter().map(|i| i.parse().unwrap()).collect(),
+        ))
+    };
+    w.names
+        .insert("db.example.com".into(), addrs(&["10.9.0.1", "10.9.0.2"]));
+    let t2 = next(w.clone(), &s, &t1, &mut memo);
+    assert_eq!(
+        endpoints(&t2, "ext.test"),
+        (vec!["10.9.0.1:8080".into(), "10.9.0.2:8080".into()], None)
+    );
+    assert_eq!(
+        endpoints(&fresh(w.clone(), &s), "ext.test"),
+        endpoints(&t2, "ext.test")
+    );
+
+    // The addresses change.
+    w.names.insert("db.example.com".into(), addrs(&["10.9.0.3"]));
+    let t3 = next(w.clone(), &s, &t2, &mut memo);
+    assert_eq!(endpoints(&t3, "ext.test"), (vec!["10.9.0.3:8080".into()], None));
+
+    // A name that never resolved is reported on the Ingress.
+    let mut w = base;
+    w.names.insert(
+        "db.example.com".into(),
+        Arc::new(Resolution::Failed("no such host".into())),
+    );
+    let t4 = next(w, &s, &t3, &mut memo);
+    assert_eq!(endpoints(&t4, "ext.test"), (vec![], Some(NameUnresolved)));
+    assert_eq!(reasons(&t4), ["external_name_unresolved"]);
+}
+
 fn tls_secret(name: &str, hosts: &[&str]) -> String {
     tls_secret_from(name, hosts, |_| {})
 }

@@ -126,6 +126,60 @@ async fn unknown_host_is_404_and_unavailable_backends_are_503() {
     assert_eq!(resp.status, 200);
 }
 
+/// ExternalName Services pointing at a DNS name: the name is looked up off the request path
+/// (here `localhost`, from the hosts file) and its addresses serve; a name that cannot be looked
+/// up answers 503 and is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_name_services_with_dns_names_are_resolved() {
+    let up = Upstream::start("ext");
+    let mut yaml = String::from(CLASS);
+    yaml += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: ext}}\nspec: {{type: ExternalName, externalName: localhost, ports: [{{name: http, port: 80, targetPort: {}}}]}}\n",
+        up.addr.port()
+    );
+    yaml += "---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {type: ExternalName, externalName: \"not a name!\"}\n";
+    yaml += &IngressYaml {
+        rules: &[
+            ("ext.test", "/", "Prefix", "ext"),
+            ("bad.test", "/", "Prefix", "bad"),
+        ],
+        ..Default::default()
+    }
+    .render();
+    let pylon = Pylon::start(&[("all.yaml", &yaml)]);
+
+    // `localhost` may also be ::1, where nothing listens: that connection fails and is retried
+    // on 127.0.0.1, so every request reaches the upstream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let resp = http_get(pylon.http, "ext.test", "/").await.unwrap();
+        if resp.status == 200 {
+            break;
+        }
+        assert_eq!(resp.status, 503, "{}", resp.text());
+        assert!(resp.text().contains("not resolved yet"), "{}", resp.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never resolved\n{}",
+            pylon.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for _ in 0..6 {
+        let resp = http_get(pylon.http, "ext.test", "/").await.unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["upstream"], "ext");
+    }
+    assert!(up.hits() >= 7);
+
+    let resp = http_get(pylon.http, "bad.test", "/").await.unwrap();
+    assert_eq!(resp.status, 503);
+    assert!(resp.text().contains("does not resolve"), "{}", resp.text());
+    let log = pylon.stderr();
+    assert!(log.contains("ExternalName does not resolve"), "{log}");
+    assert!(log.contains("external_name_unresolved"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_client_facts_and_strips_hop_by_hop_headers() {
     let up = Upstream::start("up");
