@@ -21,6 +21,9 @@ use super::World;
 /// How often every name is looked up again (ingress-nginx's resolver keeps answers 30 s).
 pub const REFRESH: Duration = Duration::from_secs(30);
 
+/// How many lookups run at once (each holds a thread of the blocking pool while it waits).
+const PARALLEL_LOOKUPS: usize = 16;
+
 /// How long one lookup may take before it counts as failed.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,10 +135,13 @@ impl Resolver {
             .collect()
     }
 
-    /// Looks `names` up (at the same time) and records the results. A name that resolved before
-    /// and fails now keeps its addresses.
+    /// Looks `names` up ([`PARALLEL_LOOKUPS`] at a time) and records the results. A name that
+    /// resolved before and fails now keeps its addresses.
     async fn resolve(&mut self, names: Vec<String>) {
-        let results = futures_util::future::join_all(names.iter().map(|n| lookup(n))).await;
+        let mut results = Vec::with_capacity(names.len());
+        for chunk in names.chunks(PARALLEL_LOOKUPS) {
+            results.extend(futures_util::future::join_all(chunk.iter().map(|n| lookup(n))).await);
+        }
         for (name, result) in names.into_iter().zip(results) {
             if !self.wanted.contains_key(&name) {
                 continue;
