@@ -17,7 +17,8 @@
 //! - [`config`]: the TOML file and command-line flags, validated into a [`config::Config`].
 //! - [`source`]: turns the outside world into a [`source::World`] of k8s-openapi objects.
 //!   [`source::files`] reads manifests from directories and watches them;
-//!   [`source::kubernetes`] runs one reflector per kind against the API server.
+//!   [`source::kubernetes`] runs one reflector per kind against the API server;
+//!   [`source::names`] looks up the DNS names of ExternalName Services off the request path.
 //! - [`translate`]: the pure function from `World` (and a memo of the last run) to
 //!   [`snapshot::Snapshot`]. It knows Ingress v1 semantics and parses annotations into typed
 //!   values; bad objects become [`problem::Problem`]s.
@@ -28,7 +29,8 @@
 //!   checks, stateless challenge answers, and the manager that orders, renews and stores
 //!   certificates as Secrets, which reach the resolver through the source like any Secret.
 //! - [`snapshot`]: everything the request path reads, published with a single store.
-//! - [`control`]: the loop that translates each new `World` and publishes the result.
+//! - [`control`]: the loop that translates each new `World` (with the names resolved beside
+//!   it) and publishes the result.
 //! - [`cluster`]: writes to the API server: Secrets (server-side apply), the Lease that elects
 //!   the certificate orderer, Ingress status, Events, and the Secret through which replicas
 //!   share their session-ticket keys.
