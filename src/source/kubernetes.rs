@@ -42,6 +42,9 @@ use crate::acme::state;
 /// discovery request to the API server).
 const CRD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long one look for cert-manager's CRDs may take.
+const CRD_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the source waits after a change for more changes before updating the world.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -538,9 +541,17 @@ fn watch_issuers(
     }
 }
 
-/// cert-manager's issuer resources, if its CRDs are installed.
+/// cert-manager's issuer resources, if its CRDs are installed. The question is bounded by
+/// [`CRD_CHECK_TIMEOUT`]: the loop that applies changes asks it, and a slow API server must not
+/// hold that loop up; a missed answer is asked for again at the next check.
 async fn cert_manager_resources(client: &Client) -> Option<(ApiResource, ApiResource)> {
-    let resources = client.list_api_group_resources("cert-manager.io/v1").await.ok()?;
+    let resources = tokio::time::timeout(
+        CRD_CHECK_TIMEOUT,
+        client.list_api_group_resources("cert-manager.io/v1"),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let has = |plural: &str| resources.resources.iter().any(|r| r.name == plural);
     if !has("clusterissuers") || !has("issuers") {
         return None;
