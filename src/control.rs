@@ -60,7 +60,22 @@ impl Control {
     pub fn apply(&mut self, world: &Arc<World>) -> Vec<Problem> {
         let started = std::time::Instant::now();
         let previous = self.published.load_full();
-        let translation = translate(world, &self.settings, &previous, &mut self.memo);
+        let translation = match crate::recover::catch(|| {
+            translate(world, &self.settings, &previous, &mut self.memo)
+        }) {
+            Ok(t) => t,
+            Err(message) => {
+                // A bug reached by some input: the snapshot in service stays, and the next
+                // change is translated from scratch.
+                error!(%message, "translating the configuration failed; the configuration in service is kept");
+                self.metrics
+                    .rejections
+                    .with_label_values(&["Configuration", "internal_error"])
+                    .inc();
+                self.memo = Memo::default();
+                return self.reported.iter().cloned().collect();
+            }
+        };
         let translated = started.elapsed();
         // Publish first: reporting below does not delay the change.
         let snapshot = Arc::new(translation.snapshot);

@@ -31,6 +31,8 @@
 //! - [`snapshot`]: everything the request path reads, published with a single store.
 //! - [`control`]: the loop that translates each new `World` (with the names resolved beside
 //!   it) and publishes the result.
+//! - [`recover`]: a panic in one translation or one certificate's work is caught, logged and
+//!   counted; the loop that ran it goes on.
 //! - [`cluster`]: writes to the API server: Secrets (server-side apply), the Lease that elects
 //!   the certificate orderer, Ingress status, Events, and the Secret through which replicas
 //!   share their session-ticket keys.
@@ -74,6 +76,7 @@ pub mod logging;
 pub mod metrics;
 pub mod problem;
 pub mod proxy;
+pub mod recover;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

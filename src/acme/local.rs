@@ -30,7 +30,16 @@ fn params(
     params.distinguished_name.push(rcgen::DnType::CommonName, cn);
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(duration.as_secs() as i64);
+    params.not_after = i64::try_from(duration.as_secs())
+        .ok()
+        .and_then(|seconds| now.checked_add(time::Duration::seconds(seconds)))
+        .filter(|end| end.year() <= 9999)
+        .ok_or_else(|| {
+            format!(
+                "the certificate duration ({}h) is too long",
+                duration.as_secs() / 3600
+            )
+        })?;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![
@@ -115,6 +124,16 @@ mod tests {
         .unwrap();
         assert!(cert.covers("a.test") && cert.covers("x.b.test"));
         assert!((3500..=3900).contains(&(cert.not_after - cert.not_before)));
+    }
+
+    #[test]
+    fn durations_past_the_year_9999_are_refused() {
+        let hosts = vec!["a.test".to_string()];
+        let long = Duration::from_secs(1_000_000_000 * 3600);
+        let err = self_signed(&hosts, None, KeySpec::EcdsaP256, long).unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        let err = self_signed(&hosts, None, KeySpec::EcdsaP256, Duration::MAX).unwrap_err();
+        assert!(err.contains("too long"), "{err}");
     }
 
     #[test]

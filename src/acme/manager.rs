@@ -19,7 +19,7 @@ use instant_acme::{
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use rustls::pki_types::pem::PemObject;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::challenge::Answer;
 use super::issuer::{AcmeIssuer, Method};
@@ -199,7 +199,14 @@ impl Manager {
             };
             let at = match decision {
                 Decision::Keep(at) => {
-                    let at = self.check_renewal_info(req, &view, at).await;
+                    let at = match crate::recover::catch_async(self.check_renewal_info(req, &view, at)).await
+                    {
+                        Ok(at) => at,
+                        Err(message) => {
+                            error!(secret = %req.secret, %message, "checking renewal information failed unexpectedly");
+                            at
+                        }
+                    };
                     debug!(secret = %req.secret, renew_at = %at, "certificate is valid");
                     at
                 }
@@ -208,7 +215,16 @@ impl Manager {
                     at
                 }
                 Decision::Issue(why) => {
-                    self.issue(req, view, why).await;
+                    let secret = req.secret.clone();
+                    if let Err(message) = crate::recover::catch_async(self.issue(req, view, why)).await {
+                        // A bug reached by this certificate: the others go on; this one waits.
+                        error!(%secret, %message, "issuing the certificate failed unexpectedly");
+                        self.metrics
+                            .acme_failures
+                            .with_label_values(&[&req.issuer_id(), "internal_error"])
+                            .inc();
+                        self.back_off(&secret);
+                    }
                     // Look again soon: the result decides the next time.
                     now + SignedDuration::from_millis(500)
                 }
@@ -363,7 +379,7 @@ impl Manager {
             Err(e) => {
                 warn!(error = %e, "cannot store the issued certificate");
                 self.event(req, true, "CertificateNotStored", e.to_string());
-                self.cannot_write(&req.secret);
+                self.back_off(&req.secret);
             }
         }
     }
@@ -449,13 +465,14 @@ impl Manager {
             }
             Err(e) => {
                 warn!(error = %e, "cannot record the failed attempt");
-                self.cannot_write(&req.secret);
+                self.back_off(&req.secret);
             }
         }
     }
 
-    /// Backs off a Secret that cannot be written, in memory.
-    fn cannot_write(&mut self, secret: &ObjectKey) {
+    /// Backs off a Secret in memory: one that cannot be written, or whose work failed
+    /// unexpectedly.
+    fn back_off(&mut self, secret: &ObjectKey) {
         let failures = self.unwritable.get(secret).map_or(0, |(n, _)| *n) + 1;
         let delay = schedule::backoff(
             failures,

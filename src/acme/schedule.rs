@@ -11,8 +11,8 @@ const DAY: i64 = 24 * 3600;
 /// left, or half for certificates shorter than 10 days (Let's Encrypt's advice).
 pub fn renew_at(not_before: Timestamp, not_after: Timestamp, renew_before: Option<Duration>) -> Timestamp {
     let lifetime = not_after.as_second() - not_before.as_second();
-    let ahead = match renew_before {
-        Some(rb) if (rb.as_secs() as i64) < lifetime => rb.as_secs() as i64,
+    let ahead = match renew_before.map(|rb| i64::try_from(rb.as_secs()).unwrap_or(i64::MAX)) {
+        Some(rb) if rb < lifetime => rb,
         _ if lifetime < 10 * DAY => lifetime / 2,
         _ => lifetime / 3,
     };
@@ -89,6 +89,15 @@ mod tests {
             ),
             t("2026-01-01T12:00:00Z"),
             "a renew-before longer than the lifetime is ignored"
+        );
+        assert_eq!(
+            renew_at(
+                t("2026-01-01T00:00:00Z"),
+                t("2026-01-02T00:00:00Z"),
+                Some(Duration::MAX)
+            ),
+            t("2026-01-01T12:00:00Z"),
+            "however long"
         );
     }
 

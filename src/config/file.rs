@@ -162,6 +162,10 @@ struct Check {
     errors: Vec<FieldError>,
 }
 
+/// The longest duration a setting takes: no setting needs more than a year, and a longer one
+/// could overflow the time arithmetic it goes into.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Check {
     fn fail(&mut self, field: &str, reason: impl Into<String>) {
         self.errors.push(FieldError {
@@ -184,6 +188,10 @@ impl Check {
     fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
         let Some(raw) = value else { return default };
         match humantime::parse_duration(raw) {
+            Ok(d) if d > MAX_DURATION => {
+                self.fail(field, format!("{raw:?} is longer than a year"));
+                default
+            }
             Ok(d) => d,
             Err(e) => {
                 self.fail(field, format!("{raw:?} is not a duration like 5s or 200ms: {e}"));
@@ -674,6 +682,30 @@ mod tests {
             let errors = build_str(text).expect_err(text);
             assert!(
                 errors.iter().any(|e| e.to_string().contains(key)),
+                "{text}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_are_at_most_a_year() {
+        assert_eq!(
+            build_str("[proxy]\nread-timeout = \"365d\"\n")
+                .expect("valid")
+                .proxy
+                .read_timeout,
+            Duration::from_secs(365 * 24 * 3600)
+        );
+        for text in [
+            "[proxy]\nread-timeout = \"366d\"\n",
+            "[acme]\nretry-backoff-max = \"500000000000years\"\n",
+            "[shutdown]\ndelay = \"18446744073709551615s\"\n",
+        ] {
+            let errors = build_str(text).expect_err(text);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.to_string().contains("longer than a year")),
                 "{text}: {errors:?}"
             );
         }

@@ -52,6 +52,8 @@ impl TrustedProxies {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn trusted(prefixes: &[&str]) -> TrustedProxies {
@@ -93,6 +95,51 @@ mod tests {
         assert_eq!(t.client(peer, &headers(&["unknown, 10.0.0.2"])), ip("10.0.0.2"));
         assert_eq!(t.client(peer, &headers(&["203.0.113.7, not-an-ip"])), peer);
         assert_eq!(t.client(peer, &headers(&["203.0.113.7:443"])), peer, "no ports");
+    }
+
+    proptest! {
+        /// Any `X-Forwarded-For` a client sends: the client found is the peer or an address
+        /// from the list, and it is never a trusted proxy unless every address after it is one.
+        #[test]
+        fn any_forwarded_list_is_answered(
+            lines in prop::collection::vec(
+                prop::collection::vec(
+                    prop_oneof![
+                        any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string()),
+                        prop::sample::select(vec!["10.1.2.3", "10.0.0.9", "2001:db8::1", "::1"]).prop_map(str::to_owned),
+                        "[ -~]{0,12}",
+                    ],
+                    0..5,
+                ),
+                0..4,
+            ),
+        ) {
+            let t = trusted(&["10.0.0.0/8", "2001:db8::/32"]);
+            let peer = ip("10.0.0.1");
+            let mut map = HeaderMap::new();
+            let mut entries = Vec::new();
+            for line in &lines {
+                if let Ok(value) = line.join(",").parse() {
+                    map.append("x-forwarded-for", value);
+                    entries.extend(line.join(",").split(',').map(|e| e.trim().to_owned()));
+                }
+            }
+            let client = t.client(peer, &map);
+            // The walk from the end, written the slow way.
+            let mut expected = peer;
+            for entry in entries.iter().rev() {
+                match entry.parse::<IpAddr>() {
+                    Ok(ip) => {
+                        expected = ip;
+                        if !t.trusts(ip) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            prop_assert_eq!(client, expected);
+        }
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub(super) async fn read_header<R: AsyncRead + Unpin>(io: &mut R) -> Result<(Hea
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn v2(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
@@ -314,6 +316,93 @@ mod tests {
         let mut huge = v2(1, 0x11, &v4);
         huge[14..16].copy_from_slice(&4000u16.to_be_bytes());
         assert_eq!(parse(&huge[..16]), Err(Error::TooLong));
+    }
+
+    /// A valid header for `source` (version 1 or 2, with TLVs after a version 2 header's
+    /// addresses), as a load balancer would send it.
+    fn valid_header(source: SocketAddr, version: u8, tlvs: &[u8]) -> Vec<u8> {
+        let (family, destination) = match source {
+            SocketAddr::V4(_) => ("TCP4", IpAddr::from(Ipv4Addr::new(10, 0, 0, 1))),
+            SocketAddr::V6(_) => ("TCP6", IpAddr::from(Ipv6Addr::LOCALHOST)),
+        };
+        if version == 1 {
+            let (ip, port) = (source.ip(), source.port());
+            return format!("PROXY {family} {ip} {destination} {port} 443\r\n").into_bytes();
+        }
+        let mut body = Vec::new();
+        let family = match (source.ip(), destination) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                body.extend_from_slice(&s.octets());
+                body.extend_from_slice(&d.octets());
+                0x11
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                body.extend_from_slice(&s.octets());
+                body.extend_from_slice(&d.octets());
+                0x21
+            }
+            _ => unreachable!("one family"),
+        };
+        body.extend_from_slice(&source.port().to_be_bytes());
+        body.extend_from_slice(&443u16.to_be_bytes());
+        body.extend_from_slice(tlvs);
+        v2(1, family, &body)
+    }
+
+    fn address() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a client sends first, parsing answers without panicking, and a complete
+        /// header never claims more bytes than were received.
+        #[test]
+        fn arbitrary_bytes_are_answered(
+            prefix in prop::sample::select(vec![&b""[..], b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 ", &SIGNATURE[..]]),
+            rest in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let buf = [prefix, &rest].concat();
+            if let Ok(Parsed::Complete(h)) = parse(&buf) {
+                prop_assert!(h.len <= buf.len());
+            }
+        }
+
+        /// A valid header followed by the client's data: every prefix of the header asks for
+        /// more, the whole gives its client and exact length, whatever follows it.
+        #[test]
+        fn valid_headers_are_read_exactly(
+            source in address(),
+            version in 1..=2u8,
+            tlvs in prop::collection::vec(any::<u8>(), 0..64),
+            data in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let header = valid_header(source, version, &tlvs);
+            for end in 0..header.len() {
+                prop_assert_eq!(parse(&header[..end]), Ok(Parsed::Incomplete));
+            }
+            let expected = Parsed::Complete(Header { len: header.len(), source: Some(source) });
+            prop_assert_eq!(parse(&[header.as_slice(), &data].concat()), Ok(expected));
+        }
+
+        /// One byte of a valid header changed: refused, incomplete, or read as a header whose
+        /// length stays within what was received; never a panic.
+        #[test]
+        fn corrupted_headers_are_answered(
+            source in address(),
+            version in 1..=2u8,
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut header = valid_header(source, version, &[]);
+            let i = at.index(header.len());
+            header[i] = byte;
+            if let Ok(Parsed::Complete(h)) = parse(&header) {
+                prop_assert!(h.len <= header.len());
+            }
+        }
     }
 
     #[tokio::test]

@@ -158,6 +158,8 @@ pub fn normalize_request_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST_LEN]) -
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -215,5 +217,48 @@ mod tests {
         let long = vec![b'a'; 300];
         let mut buf = [0; MAX_HOST_LEN];
         assert_eq!(normalize_request_host(&long, &mut buf), None);
+    }
+
+    proptest! {
+        /// Whatever a client sends as its host: an answer, never a panic; a name that is
+        /// lowercase, of the allowed bytes, and normalises to itself.
+        #[test]
+        fn any_request_host_is_answered(raw in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut buf = [0; MAX_HOST_LEN];
+            if let Some(host) = normalize_request_host(&raw, &mut buf) {
+                let host = host.to_owned();
+                prop_assert!(!host.is_empty() && host.len() <= MAX_HOST_LEN);
+                prop_assert!(host.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit() || b"-._".contains(&b)));
+                let mut again = [0; MAX_HOST_LEN];
+                prop_assert_eq!(normalize_request_host(host.as_bytes(), &mut again), Some(host.as_str()));
+            }
+        }
+
+        /// An Ingress host, written by a client in any case, with a port or a trailing dot,
+        /// routes to that host.
+        #[test]
+        fn rule_hosts_are_found_however_clients_write_them(
+            labels in prop::collection::vec("[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", 1..5),
+            upper in prop::collection::vec(any::<bool>(), 60),
+            port in prop::option::of(any::<u16>()),
+            dot in any::<bool>(),
+        ) {
+            let name = labels.join(".");
+            prop_assume!(Hostname::parse(&name).is_ok());
+            let mut sent: String = name
+                .chars()
+                .zip(upper.iter().cycle())
+                .map(|(c, &u)| if u { c.to_ascii_uppercase() } else { c })
+                .collect();
+            if dot {
+                sent.push('.');
+            }
+            if let Some(port) = port {
+                sent.push_str(&format!(":{port}"));
+            }
+            let mut buf = [0; MAX_HOST_LEN];
+            prop_assert_eq!(normalize_request_host(sent.as_bytes(), &mut buf), Some(name.as_str()));
+        }
     }
 }

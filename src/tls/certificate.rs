@@ -128,6 +128,8 @@ fn time_now() -> time::OffsetDateTime {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn pair(names: &[&str]) -> (String, String) {
@@ -167,6 +169,55 @@ mod tests {
         ));
         let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(err(garbage, &key), Error::CertificateDer(_)));
+    }
+
+    /// DER bytes as PEM of the given label.
+    fn pem(label: &str, der: &[u8]) -> String {
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// A Secret whose certificate or key bytes are damaged: an error, never a panic; and
+        /// a pair that still loads has a key that matches its certificate.
+        #[test]
+        fn damaged_pairs_are_refused_or_consistent(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<bool>()), 1..6),
+            in_key in any::<bool>(),
+        ) {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["a.example.com".to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let (mut cert_der, mut key_der) = (cert.der().to_vec(), key.serialize_der());
+            let target = if in_key { &mut key_der } else { &mut cert_der };
+            for (at, byte, truncate) in edits {
+                if target.is_empty() {
+                    break;
+                }
+                let i = at.index(target.len());
+                if truncate { target.truncate(i) } else { target[i] = byte }
+            }
+            let loaded = Certificate::from_pem(
+                pem("CERTIFICATE", &cert_der).as_bytes(),
+                pem("PRIVATE KEY", &key_der).as_bytes(),
+            );
+            if let Ok(c) = loaded {
+                prop_assert!(c.key.keys_match().is_ok());
+            }
+        }
     }
 
     #[test]

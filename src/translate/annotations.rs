@@ -220,6 +220,10 @@ fn cert_manager(annotations: &BTreeMap<String, String>, out: &mut Parsed) {
         })
         .unwrap_or_default();
     c.duration = get("duration").and_then(|v| match parse_go_duration(v) {
+        Ok(d) if d > MAX_CERTIFICATE_DURATION => {
+            fail("duration", format!("{v:?} is longer than 100 years (876000h)"));
+            None
+        }
         Ok(d) if d >= Duration::from_secs(3600) => Some(d),
         Ok(_) => {
             fail("duration", format!("{v:?} is shorter than 1h"));
@@ -231,6 +235,13 @@ fn cert_manager(annotations: &BTreeMap<String, String>, out: &mut Parsed) {
         }
     });
     c.renew_before = get("renew-before").and_then(|v| match parse_go_duration(v) {
+        Ok(d) if d > MAX_CERTIFICATE_DURATION => {
+            fail(
+                "renew-before",
+                format!("{v:?} is longer than 100 years (876000h)"),
+            );
+            None
+        }
         Ok(d) if d >= Duration::from_secs(300) => Some(d),
         Ok(_) => {
             fail("renew-before", format!("{v:?} is shorter than 5m"));
@@ -260,6 +271,10 @@ fn cert_manager(annotations: &BTreeMap<String, String>, out: &mut Parsed) {
         }
     }
 }
+
+/// The longest certificate lifetime (and renewal lead) taken: certificates end before the year
+/// 9999, the last one X.509 can write.
+const MAX_CERTIFICATE_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A Go duration as cert-manager takes it: `2160h`, `1h30m`, `45m0s`.
 fn parse_go_duration(v: &str) -> Result<Duration, String> {
@@ -436,5 +451,17 @@ mod tests {
         ]);
         assert_eq!(p.errors.len(), 4, "{:?}", p.errors);
         assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
+
+        // Lifetimes X.509 cannot write are refused here, before any certificate is made.
+        for (key, value) in [
+            ("cert-manager.io/duration", "1000000000h"),
+            ("cert-manager.io/renew-before", "10000000000000000000s"),
+        ] {
+            let p = parse_map(&[(key, value)]);
+            assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+            assert!(p.errors[0].contains("longer than 100 years"), "{:?}", p.errors);
+        }
+        let p = parse_map(&[("cert-manager.io/duration", "876000h")]);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
     }
 }

@@ -533,3 +533,63 @@ async fn accounts_register_with_external_account_binding() {
     let cert = certificate(&pylon, "app.example.com", &root, Duration::from_secs(30)).await;
     assert_eq!(cert.dns_names, ["app.example.com"]);
 }
+
+/// A certificate lifetime X.509 cannot write (`cert-manager.io/duration` past the year 9999) is
+/// reported on its Ingress; the other certificates are issued, and later changes still apply.
+/// (It used to end the task that applies changes and orders certificates.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_certificate_lifetime_is_refused_and_the_rest_goes_on() {
+    let up = Upstream::start("app");
+    let issuer = "---\napiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: local}\nspec: {selfSigned: {}}\n";
+    let annotated = |name: &'static str, duration: &'static str| {
+        let host = format!("{name}.example.com");
+        IngressYaml {
+            name,
+            class: Some("nginx"),
+            annotations: &[
+                ("cert-manager.io/cluster-issuer", "local"),
+                ("cert-manager.io/duration", duration),
+            ],
+            tls: &[(&[host.as_str()], &format!("{name}-tls"))],
+            rules: &[(host.as_str(), "/", "Prefix", "app")],
+            ..Default::default()
+        }
+        .render()
+    };
+    let yaml = service("app", &[up.addr])
+        + issuer
+        + &annotated("forever", "1000000000h")
+        + &annotated("fine", "2160h");
+    let pylon = Pylon::start_with(&[("app.yaml", &yaml)], options());
+    let client = TlsClient::insecure(H1);
+    let issued = |host: &'static str| {
+        let client = &client;
+        let pylon = &pylon;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match client.get(pylon.https, host, "/").await {
+                    Ok((resp, cert)) if cert.dns_names == [host] => {
+                        assert_eq!(resp.status, 200, "{}", resp.text());
+                        return;
+                    }
+                    _ if Instant::now() > deadline => {
+                        panic!("no certificate for {host}:\n{}", pylon.stderr())
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+    };
+    issued("fine.example.com").await;
+    pylon.eventually(Duration::from_secs(10), "the lifetime reported", || {
+        pylon
+            .stderr()
+            .contains(r#"cert-manager.io/duration: \"1000000000h\" is longer than 100 years"#)
+    });
+
+    // Both loops are still running: a new Ingress is served and gets its certificate.
+    pylon.write_manifest("later.yaml", &annotated("later", "720h"));
+    issued("later.example.com").await;
+    assert!(!pylon.stderr().contains("panicked"), "{}", pylon.stderr());
+}
