@@ -41,6 +41,12 @@ pub(super) fn head_size(req: &RequestHeader) -> usize {
     line + fields
 }
 
+/// Whether a `Transfer-Encoding` value is `chunked` alone, the only coding pylon accepts (as
+/// nginx does); any other coding would reach the pod undone.
+pub(super) fn only_chunked(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
 /// An incoming request ID is kept when it is short, visible ASCII; otherwise a new one is made.
 pub(super) fn usable_request_id(value: &[u8]) -> bool {
     !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
@@ -124,6 +130,22 @@ mod tests {
             ip_header_value("2001:db8::ffff:1:2:3".parse().unwrap()),
             "2001:db8::ffff:1:2:3"
         );
+    }
+
+    #[test]
+    fn chunked_is_the_only_transfer_coding() {
+        for ok in [&b"chunked"[..], b"Chunked", b" CHUNKED "] {
+            assert!(only_chunked(ok), "{ok:?}");
+        }
+        for refused in [
+            &b"gzip, chunked"[..],
+            b"chunked, gzip",
+            b"identity",
+            b"xchunked",
+            b"",
+        ] {
+            assert!(!only_chunked(refused), "{refused:?}");
+        }
     }
 
     #[test]

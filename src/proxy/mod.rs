@@ -336,6 +336,22 @@ impl ProxyHttp for Proxy {
             respond::text(session, 431, "request header fields too large", None).await?;
             return Ok(true);
         }
+        if let Some(coding) = req.headers.get(http::header::TRANSFER_ENCODING)
+            && !only_chunked(coding.as_bytes())
+        {
+            // pingora would pass on a body sent as `gzip, chunked` marked only `chunked`, so
+            // the pod would read compressed bytes as the body. As nginx does: 501, and the
+            // connection closes (its framing cannot be trusted).
+            session.set_keepalive(None);
+            respond::text(
+                session,
+                501,
+                "501 not implemented: the only transfer coding accepted is chunked",
+                None,
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID_NAME) {
             Some(v) if usable_request_id(v.as_bytes()) => v.clone(),
             _ => new_request_id(),

@@ -1,5 +1,5 @@
-//! Size limits: request headers (431) and bodies (413), globally and per Ingress; and the time
-//! a request head may take to arrive.
+//! Size limits: request headers (431) and bodies (413), globally and per Ingress; the time a
+//! request head may take to arrive; and request framing that could smuggle a second request.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -186,4 +186,136 @@ async fn slow_request_heads_are_cut_off() {
     let (response, _) = trickle(pylon.http, &[whole.as_bytes()], gap).await;
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
     assert_eq!(pylon.metric("pylon_client_header_timeouts_total"), 2.0);
+}
+
+/// Sends `raw` on a new connection and reads until pylon closes it (or 3 s pass). Returns what
+/// came back and whether the connection was closed.
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+    (String::from_utf8_lossy(&out).into_owned(), read.is_ok())
+}
+
+/// Requests whose framing is ambiguous (both a length and chunked, two lengths, disguised or
+/// unknown transfer codings, bad chunks, folded or broken header lines) are refused, or served
+/// alone with the connection closed after them: the request hidden in each one never reaches
+/// the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_never_smuggles_a_request() {
+    let up = Upstream::start("up");
+    let yaml = format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            rules: &[("app.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start(&[("all.yaml", &yaml)]);
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let post = "POST /form HTTP/1.1\r\nHost: app.test\r\n";
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "a length and chunked: chunked wins, and the connection closes",
+            format!("{post}Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"),
+            200,
+        ),
+        (
+            "chunked and a length",
+            format!("{post}Transfer-Encoding: chunked\r\nContent-Length: 50\r\n\r\n0\r\n\r\n{hidden}"),
+            200,
+        ),
+        (
+            "two lengths",
+            format!("{post}Content-Length: 0\r\nContent-Length: 44\r\n\r\n{hidden}"),
+            400,
+        ),
+        (
+            "a list of lengths",
+            format!("{post}Content-Length: 0, 44\r\n\r\n{hidden}"),
+            400,
+        ),
+        (
+            "a signed length",
+            format!("{post}Content-Length: +44\r\n\r\n{hidden}"),
+            400,
+        ),
+        (
+            "a disguised coding",
+            format!("{post}Transfer-Encoding: xchunked\r\nContent-Length: 4\r\n\r\nabcd{hidden}"),
+            400,
+        ),
+        (
+            "a space before the colon",
+            format!("{post}Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n{hidden}"),
+            400,
+        ),
+        (
+            "a coding other than chunked",
+            format!("{post}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{hidden}"),
+            501,
+        ),
+        (
+            "chunked, then another coding",
+            format!("{post}Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n{hidden}"),
+            400,
+        ),
+        (
+            "two codings on two lines",
+            format!(
+                "{post}Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{hidden}"
+            ),
+            400,
+        ),
+        (
+            "chunked in HTTP/1.0",
+            format!(
+                "POST /form HTTP/1.0\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"
+            ),
+            400,
+        ),
+        (
+            "a chunk size that is not hexadecimal",
+            format!("{post}Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n\r\n{hidden}"),
+            400,
+        ),
+        (
+            "a chunk size past 64 bits",
+            format!("{post}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n{hidden}"),
+            400,
+        ),
+        (
+            "a folded header line",
+            format!("{post}X-A: a\r\n b\r\nContent-Length: 0\r\n\r\n{hidden}"),
+            400,
+        ),
+        (
+            "a bare CR in a value",
+            format!("{post}X-A: a\rContent-Length: 0\r\n\r\n{hidden}"),
+            400,
+        ),
+    ];
+    for (what, raw, status) in &cases {
+        let (response, closed) = exchange(pylon.http, raw.as_bytes()).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {response}"
+        );
+        assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{what}: {response}");
+        assert!(closed, "{what}: the connection stayed open");
+    }
+    // The server is still well, and nothing hidden got through.
+    let (response, _) = exchange(
+        pylon.http,
+        b"GET /after HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    let paths = up.paths();
+    assert!(!paths.iter().any(|p| p.contains("smuggled")), "{paths:?}");
+    assert_eq!(paths.last().map(String::as_str), Some("/after"), "{paths:?}");
 }

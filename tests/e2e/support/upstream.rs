@@ -3,8 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +22,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     hits: Arc<AtomicUsize>,
+    /// The path of every request received, in order.
+    paths: Arc<Mutex<Vec<String>>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -62,12 +64,16 @@ where
 impl Upstream {
     pub fn start(name: &str) -> Self {
         let hits = Arc::new(AtomicUsize::new(0));
-        let (name_owned, counter) = (name.to_owned(), hits.clone());
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (name_owned, counter, recorder) = (name.to_owned(), hits.clone(), paths.clone());
         let (addr, stop) = spawn_server(move |stream| {
-            let (name, hits) = (name_owned.clone(), counter.clone());
+            let (name, hits, paths) = (name_owned.clone(), counter.clone(), recorder.clone());
             async move {
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: http::Request<Incoming>| {
                     hits.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut p) = paths.lock() {
+                        p.push(req.uri().path().to_owned());
+                    }
                     handle(name.clone(), req)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -80,12 +86,18 @@ impl Upstream {
             addr,
             name: name.to_owned(),
             hits,
+            paths,
             _stop: stop,
         }
     }
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// The paths of the requests received so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().map(|p| p.clone()).unwrap_or_default()
     }
 }
 
