@@ -650,6 +650,7 @@ fn missing_tls_secret_and_unsupported_annotations_are_warnings() {
 }
 
 mod no_panics {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
     use proptest::prelude::*;
 
     use super::*;
@@ -699,6 +700,60 @@ mod no_panics {
                 }
             }
             run(&String::from_utf8_lossy(&bytes));
+        }
+
+        /// Any values in the cert-manager annotations and the issuers' specs: translate asks
+        /// for certificates without a panic, and each one a selfSigned issuer would make is
+        /// made or refused with an error.
+        #[test]
+        fn arbitrary_certificate_settings_never_panic(
+            duration in prop_oneof![2 => Just(String::new()), 6 => "[1-9][0-9]{0,5}h", 2 => "[0-9]{1,22}(h|m|s)", 1 => "\\PC{0,12}"],
+            renew_before in prop_oneof![4 => Just(String::new()), 4 => "[1-9][0-9]{0,5}(h|m)", 1 => "[0-9]{1,22}(h|m|s)", 1 => "\\PC{0,12}"],
+            algorithm in prop::sample::select(vec!["", "", "ECDSA", "RSA", "Ed25519", "DSA"]),
+            size in prop_oneof![6 => Just(String::new()), 1 => "[0-9]{1,12}", 1 => "\\PC{0,6}"],
+            common_name in prop_oneof![3 => Just(String::new()), 1 => "\\PC{0,80}"],
+            alt_names in prop_oneof![3 => Just(String::new()), 1 => "[a-z0-9.,* -]{0,60}"],
+            issuer in prop_oneof![
+                Just("{selfSigned: {}}".to_owned()),
+                "\\PC{0,30}".prop_map(|s| format!("{{ca: {{secretName: {}}}}}", serde_json::to_string(&s).unwrap())),
+                ("\\PC{0,40}", "\\PC{0,20}").prop_map(|(server, email)| format!(
+                    "{{acme: {{server: {}, email: {}, privateKeySecretRef: {{name: acct}}, solvers: [{{http01: {{}}, selector: {{dnsNames: [{}]}}}}]}}}}",
+                    serde_json::to_string(&server).unwrap(),
+                    serde_json::to_string(&email).unwrap(),
+                    serde_json::to_string(&email).unwrap(),
+                )),
+            ],
+        ) {
+            let quoted = |v: &str| serde_json::to_string(v).unwrap();
+            let yaml = format!(
+                "{CLASS}{}---\napiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {{name: local}}\nspec: {issuer}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: x\n  annotations:\n    cert-manager.io/cluster-issuer: local\n    cert-manager.io/duration: {}\n    cert-manager.io/renew-before: {}\n    cert-manager.io/private-key-algorithm: {}\n    cert-manager.io/private-key-size: {}\n    cert-manager.io/common-name: {}\n    cert-manager.io/alt-names: {}\nspec:\n  ingressClassName: pylon\n  tls: [{{hosts: [a.test], secretName: a-tls}}]\n  rules:\n{}",
+                service("a", &["10.0.0.1"]),
+                quoted(&duration),
+                quoted(&renew_before),
+                quoted(algorithm),
+                quoted(&size),
+                quoted(&common_name),
+                quoted(&alt_names),
+                rule("a.test", "/", "Prefix", "a"),
+            );
+            let t = fresh(world(&yaml), &settings(""));
+            for req in t.requests.iter() {
+                if matches!(req.issuer.method, crate::acme::issuer::Method::SelfSigned) {
+                    // The key's kind does not matter here, and RSA keys are slow to make.
+                    let duration = req.duration.unwrap_or(crate::acme::local::DEFAULT_DURATION);
+                    let _ = crate::acme::local::self_signed(
+                        &req.hosts,
+                        req.common_name.as_deref(),
+                        crate::acme::keys::KeySpec::EcdsaP256,
+                        duration,
+                    );
+                    let _ = crate::acme::schedule::renew_at(
+                        Timestamp::now(),
+                        Timestamp::now() + SignedDuration::from_hours(24),
+                        req.renew_before,
+                    );
+                }
+            }
         }
 
         #[test]
