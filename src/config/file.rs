@@ -35,6 +35,7 @@ pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_TICKET_ROTATION: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_SESSION_TICKET_SECRET: &str = "pylon-session-tickets";
 
@@ -122,6 +123,7 @@ pub struct ProxyFile {
     pub upstream_idle_timeout: Option<String>,
     pub client_keepalive_timeout: Option<String>,
     pub client_header_timeout: Option<String>,
+    pub client_send_timeout: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub upstream_keepalive_pool_size: Option<i64>,
     pub connect_retries: Option<i64>,
@@ -570,6 +572,11 @@ fn build_proxy(c: &mut Check, file: ProxyFile) -> ProxyConfig {
             file.client_header_timeout.as_deref(),
             DEFAULT_CLIENT_HEADER_TIMEOUT,
         ),
+        client_send_timeout: c.positive_duration(
+            "proxy.client-send-timeout",
+            file.client_send_timeout.as_deref(),
+            DEFAULT_CLIENT_SEND_TIMEOUT,
+        ),
         upstream_keepalive_pool_size: c.count(
             "proxy.upstream-keepalive-pool-size",
             file.upstream_keepalive_pool_size,
@@ -629,6 +636,7 @@ mod tests {
         assert!(c.tls.session_resumption);
         assert!(!c.listen.proxy_protocol);
         assert_eq!(c.proxy.client_header_timeout, Duration::from_secs(60));
+        assert_eq!(c.proxy.client_send_timeout, Duration::from_secs(60));
         assert_eq!(c.tls.session_ticket_rotation, Duration::from_secs(6 * 3600));
         assert_eq!(
             c.kubernetes.session_ticket_secret.as_deref(),

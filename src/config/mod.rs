@@ -118,6 +118,9 @@ pub struct ProxyConfig {
     /// How long an HTTP/1 request head may take from its first byte to its end, and an HTTP/2
     /// connection's preface from the end of the TLS handshake.
     pub client_header_timeout: Duration,
+    /// How long a write of the response to the client may make no progress (a client that
+    /// stops reading) before the connection is closed.
+    pub client_send_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
     /// Other endpoints tried after a connection failure.
     pub connect_retries: usize,

@@ -294,6 +294,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // A client that stops reading must not hold the connection (and the upstream's) for
+        // ever; pingora starts the timer only when a write has to wait.
+        session.set_write_timeout(Some(self.config.client_send_timeout));
         if let Some(token) = session
             .req_header()
             .uri

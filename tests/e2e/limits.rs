@@ -319,3 +319,75 @@ async fn ambiguous_framing_never_smuggles_a_request() {
     assert!(!paths.iter().any(|p| p.contains("smuggled")), "{paths:?}");
     assert_eq!(paths.last().map(String::as_str), Some("/after"), "{paths:?}");
 }
+
+/// A client that stops reading its response is disconnected after `proxy.client-send-timeout`
+/// without progress, instead of holding its connection (and the upstream's) for ever; clients
+/// that read, however large the response, are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("up");
+    let yaml = format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            rules: &[("app.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start_with(
+        &[("all.yaml", &yaml)],
+        Options {
+            extra_config: "[proxy]\nclient-send-timeout = \"1s\"\n".into(),
+            ..Default::default()
+        },
+    );
+    const SIZE: usize = 64 << 20;
+    let request = format!("GET /big?bytes={SIZE} HTTP/1.1\r\nHost: app.test\r\n\r\n");
+
+    // Reads the head, stops reading for 4 s, then reads what is left until the end.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(pylon.http).await.unwrap();
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let first = stalled.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..first]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut received = first;
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the connection stayed open");
+    assert!(received < SIZE, "the whole response arrived: {received} bytes");
+
+    // A client that reads gets all of it, however long that takes beyond the timeout.
+    let mut reader = tokio::net::TcpStream::connect(pylon.http).await.unwrap();
+    reader.write_all(request.as_bytes()).await.unwrap();
+    let mut total = 0;
+    let started = std::time::Instant::now();
+    while total < SIZE {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                total += n;
+                // Slowly enough that the whole takes longer than the timeout.
+                if started.elapsed() < std::time::Duration::from_millis(1500) {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    assert!(
+        total > SIZE,
+        "a reading client got {total} bytes of {SIZE} and the head"
+    );
+    assert!(started.elapsed() > std::time::Duration::from_secs(1));
+}
