@@ -94,6 +94,7 @@ pub struct Metrics {
     pub tls_session_ticket_shared_keys: IntGauge,
     pub proxy_protocol_refused: IntCounterVec,
     pub client_header_timeouts: IntCounter,
+    pub client_send_timeouts: IntCounter,
     pub certificate_not_after: GaugeVec,
     pub config_reloads: IntCounter,
     pub config_last_reload: prometheus::Gauge,
@@ -226,6 +227,10 @@ impl Metrics {
             client_header_timeouts: counter(
                 "pylon_client_header_timeouts_total",
                 "Connections closed because an HTTP/1 request head or an HTTP/2 preface did not arrive whole within proxy.client-header-timeout",
+            ),
+            client_send_timeouts: counter(
+                "pylon_client_send_timeouts_total",
+                "Responses cut off because the client read nothing of them for proxy.client-send-timeout",
             ),
             proxy_protocol_refused: counter_vec(
                 "pylon_proxy_protocol_refused_total",

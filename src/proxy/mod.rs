@@ -589,16 +589,26 @@ impl ProxyHttp for Proxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
-        // Clients going away mid-request are normal; they are visible in the access log.
+        // Clients going away mid-request are normal; they are visible in the access log (and
+        // those that stop reading in `pylon_client_send_timeouts_total`).
         matches!(error.esource(), ErrorSource::Downstream)
             && matches!(
                 error.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::WriteTimedout
             )
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let elapsed = ctx.start.elapsed();
+        if let Some(e) = e
+            && matches!(e.esource(), ErrorSource::Downstream)
+            && matches!(e.etype(), ErrorType::WriteTimedout)
+        {
+            self.metrics.client_send_timeouts.inc();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         let bytes_out = session.body_bytes_sent() as u64;

@@ -367,6 +367,9 @@ async fn clients_that_stop_reading_are_disconnected() {
     .await;
     assert!(rest.is_ok(), "the connection stayed open");
     assert!(received < SIZE, "the whole response arrived: {received} bytes");
+    pylon.eventually(std::time::Duration::from_secs(5), "the cut-off counted", || {
+        pylon.metric("pylon_client_send_timeouts_total") == 1.0
+    });
 
     // A client that reads gets all of it, however long that takes beyond the timeout.
     let mut reader = tokio::net::TcpStream::connect(pylon.http).await.unwrap();
