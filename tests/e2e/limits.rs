@@ -393,4 +393,37 @@ async fn clients_that_stop_reading_are_disconnected() {
         "a reading client got {total} bytes of {SIZE} and the head"
     );
     assert!(started.elapsed() > std::time::Duration::from_secs(1));
+
+    // HTTP/2: a client that reads nothing of the body opens no flow-control window; the stream
+    // is cut off alike.
+    let client = crate::support::client::TlsClient::insecure(&[b"h2"]);
+    let (tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://app.test/big?bytes={SIZE}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    pylon.eventually(std::time::Duration::from_secs(10), "the stream cut off", || {
+        pylon.metric("pylon_client_send_timeouts_total") == 2.0
+    });
+    use http_body_util::BodyExt;
+    let mut body = resp.into_body();
+    let mut total = 0;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => total += f.data_ref().map_or(0, |d| d.len()),
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream stayed open");
+    assert!(total < SIZE, "the whole body arrived over HTTP/2");
 }
