@@ -215,15 +215,14 @@ impl Manager {
                     at
                 }
                 Decision::Issue(why) => {
-                    let secret = req.secret.clone();
                     if let Err(message) = crate::recover::catch_async(self.issue(req, view, why)).await {
                         // A bug reached by this certificate: the others go on; this one waits.
-                        error!(%secret, %message, "issuing the certificate failed unexpectedly");
+                        error!(secret = %req.secret, %message, "issuing the certificate failed unexpectedly");
                         self.metrics
                             .acme_failures
                             .with_label_values(&[&req.issuer_id(), "internal_error"])
                             .inc();
-                        self.back_off(&secret);
+                        self.back_off(&req.secret);
                     }
                     // Look again soon: the result decides the next time.
                     now + SignedDuration::from_millis(500)
