@@ -427,3 +427,69 @@ async fn clients_that_stop_reading_are_disconnected() {
     assert!(ended.is_ok(), "the stream stayed open");
     assert!(total < SIZE, "the whole body arrived over HTTP/2");
 }
+
+/// A request body that stops arriving does not hold the connection and the upstream's for
+/// ever: over HTTP/1.1 and HTTP/2 alike, the pod waiting for the rest of the body does not
+/// answer within `proxy.read-timeout`, and the client gets 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_end_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("up");
+    let yaml = format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            rules: &[("app.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start_with(
+        &[("all.yaml", &yaml)],
+        Options {
+            extra_config: "[proxy]\nread-timeout = \"2s\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let bound = std::time::Duration::from_secs(10);
+
+    // HTTP/1.1: 3 bytes of 100, then nothing.
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(pylon.http).await.unwrap();
+    tcp.write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(bound, tcp.read_to_end(&mut out))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 504 "), "{out}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+
+    // HTTP/2: the same on one stream.
+    let client = crate::support::client::TlsClient::insecure(&[b"h2"]);
+    let (tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(1);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"abc"))))
+        .await
+        .unwrap();
+    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let req = http::Request::post("https://app.test/upload")
+        .header("content-length", "100")
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(bound, send.send_request(req))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    drop(tx);
+}
