@@ -54,6 +54,8 @@
 //!    and translating change by change gives what translating from scratch gives (a property
 //!    test checks it); a change costs work in proportion to the hosts it touches. A bad object is
 //!    rejected, logged and counted, never fatal; the last good version of an object keeps serving.
+//!    Should some input still reach a panic, [`recover`] confines it to that translation or that
+//!    certificate: the snapshot in service stays and the loops go on.
 //! 4. `/readyz` turns true only after the first snapshot is published and the traffic ports
 //!    accept connections, and false first on shutdown.
 //! 5. The certificate resolver does no I/O: certificates are parsed and key-checked before they are
