@@ -20,6 +20,46 @@ fn request(host: &str, header_bytes: usize, body: Vec<u8>, chunked: bool) -> htt
     b.body(Full::new(Bytes::from(body))).unwrap()
 }
 
+/// pylon serving `app.test` from one upstream, with `extra_config` added to its configuration.
+fn app_test(extra_config: &str) -> (Upstream, Pylon) {
+    let up = Upstream::start("up");
+    let yaml = format!(
+        "{CLASS}{}{}",
+        service("up", &[up.addr]),
+        IngressYaml {
+            rules: &[("app.test", "/", "Prefix", "up")],
+            ..Default::default()
+        }
+        .render()
+    );
+    let pylon = Pylon::start_with(
+        &[("all.yaml", &yaml)],
+        Options {
+            extra_config: extra_config.into(),
+            ..Default::default()
+        },
+    );
+    (up, pylon)
+}
+
+/// An HTTP/2 connection to pylon's HTTPS port (for `app.test`), ready for requests.
+async fn h2_connection<B>(pylon: &Pylon) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = crate::support::client::TlsClient::insecure(&[b"h2"]);
+    let (tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_and_bodies_are_refused() {
     let up = Upstream::start("up");
@@ -118,24 +158,8 @@ async fn trickle(addr: std::net::SocketAddr, parts: &[&[u8]], gap: std::time::Du
 /// connection meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_cut_off() {
-    let up = Upstream::start("up");
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
-    let pylon = Pylon::start_with(
-        &[("all.yaml", &yaml)],
-        Options {
-            extra_config: "[proxy]\nclient-header-timeout = \"1s\"\nmax-request-header-size = \"1k\"\n"
-                .into(),
-            ..Default::default()
-        },
-    );
+    let (_up, pylon) =
+        app_test("[proxy]\nclient-header-timeout = \"1s\"\nmax-request-header-size = \"1k\"\n");
     let gap = std::time::Duration::from_millis(200);
 
     // In three pieces within the timeout: served.
@@ -205,17 +229,7 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (String, bool) {
 /// the pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_never_smuggles_a_request() {
-    let up = Upstream::start("up");
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
-    let pylon = Pylon::start(&[("all.yaml", &yaml)]);
+    let (up, pylon) = app_test("");
     let hidden = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
     let post = "POST /form HTTP/1.1\r\nHost: app.test\r\n";
     let cases: Vec<(&str, String, u16)> = vec![
@@ -326,23 +340,7 @@ async fn ambiguous_framing_never_smuggles_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_are_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = Upstream::start("up");
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
-    let pylon = Pylon::start_with(
-        &[("all.yaml", &yaml)],
-        Options {
-            extra_config: "[proxy]\nclient-send-timeout = \"1s\"\n".into(),
-            ..Default::default()
-        },
-    );
+    let (_up, pylon) = app_test("[proxy]\nclient-send-timeout = \"1s\"\n");
     const SIZE: usize = 64 << 20;
     let request = format!("GET /big?bytes={SIZE} HTTP/1.1\r\nHost: app.test\r\n\r\n");
 
@@ -396,14 +394,7 @@ async fn clients_that_stop_reading_are_disconnected() {
 
     // HTTP/2: a client that reads nothing of the body opens no flow-control window; the stream
     // is cut off alike.
-    let client = crate::support::client::TlsClient::insecure(&[b"h2"]);
-    let (tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let io = hyper_util::rt::TokioIo::new(tls);
-    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connection(&pylon).await;
     let req = http::Request::get(format!("https://app.test/big?bytes={SIZE}"))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
@@ -434,23 +425,7 @@ async fn clients_that_stop_reading_are_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_end_after_the_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = Upstream::start("up");
-    let yaml = format!(
-        "{CLASS}{}{}",
-        service("up", &[up.addr]),
-        IngressYaml {
-            rules: &[("app.test", "/", "Prefix", "up")],
-            ..Default::default()
-        }
-        .render()
-    );
-    let pylon = Pylon::start_with(
-        &[("all.yaml", &yaml)],
-        Options {
-            extra_config: "[proxy]\nread-timeout = \"2s\"\n".into(),
-            ..Default::default()
-        },
-    );
+    let (_up, pylon) = app_test("[proxy]\nread-timeout = \"2s\"\n");
     let bound = std::time::Duration::from_secs(10);
 
     // HTTP/1.1: 3 bytes of 100, then nothing.
@@ -469,13 +444,7 @@ async fn stalled_request_bodies_end_after_the_read_timeout() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
 
     // HTTP/2: the same on one stream.
-    let client = crate::support::client::TlsClient::insecure(&[b"h2"]);
-    let (tls, _) = client.connect(pylon.https, "app.test").await.unwrap();
-    let io = hyper_util::rt::TokioIo::new(tls);
-    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connection(&pylon).await;
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(1);
     tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"abc"))))
